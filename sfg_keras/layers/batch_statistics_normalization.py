@@ -1,0 +1,77 @@
+"""Batch normalisation that can use the statistics of the current batch at inference (SFG paper, section 4)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from sfg_keras.layers.sampling_scope import current_num_samples
+
+_INFERENCE_STATISTICS = ("batch", "moving")
+
+
+@keras.saving.register_keras_serializable(package="sfg")
+class BatchStatisticsNormalization(keras.layers.BatchNormalization):
+    """`BatchNormalization` whose inference mode normalises with the batch's own statistics.
+
+    The paper (and its original code) normalises test data with the statistics of the test batch. With
+    `inference_statistics="batch"` (default), this layer does the same whenever it is not training, and never
+    writes the moving averages outside training; with `"moving"` it behaves like the stock Keras layer.
+
+    Consequence of the default: a prediction depends on the other examples in its batch (batch size 1 normalises
+    over the spatial positions only). Inside `sampling_scope(num_samples=N)` the batch axis is treated as N equal
+    slices (stacked Monte-Carlo passes) and each slice is normalised on its own, exactly as N sequential passes.
+
+    Training behaviour is Keras' own (batch moments, moving averages updated), so checkpoints are interchangeable
+    with `keras.layers.BatchNormalization`.
+
+    Args:
+        inference_statistics: str. `"batch"` or `"moving"`. Defaults to `"batch"`.
+        **kwargs: passed to `keras.layers.BatchNormalization` (`axis`, `momentum`, `epsilon`, ...).
+
+    Example:
+
+    ```python
+    bn = BatchStatisticsNormalization(momentum=0.9, epsilon=1e-5)
+    y = bn(x, training=False)  # normalised with x's own mean and variance; moving stats untouched
+    ```
+    """
+
+    def __init__(self, inference_statistics: str = "batch", **kwargs):
+        super().__init__(**kwargs)
+        if inference_statistics not in _INFERENCE_STATISTICS:
+            raise ValueError(
+                f"`inference_statistics` must be one of {_INFERENCE_STATISTICS}. "
+                f"Received: inference_statistics={inference_statistics!r}"
+            )
+        self.inference_statistics = inference_statistics
+
+    def call(self, inputs, training=None, mask=None):
+        if (training and self.trainable) or self.inference_statistics == "moving":
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, "float32")
+        rank = len(x.shape)
+        axis = self.axis if self.axis >= 0 else rank + self.axis
+        reduction_axes = [i for i in range(rank) if i != axis]
+        num_samples = current_num_samples()
+        if num_samples > 1:
+            if axis == 0:
+                raise ValueError("Monte-Carlo slices need a batch axis other than the channel axis. Received axis=0.")
+            # [N * B, ...] -> [N, B, ...]: every pass is normalised with its own batch's moments.
+            x = ops.reshape(x, [num_samples, -1] + list(inputs.shape[1:]))
+            reduction_axes = [i + 1 for i in reduction_axes]
+            axis += 1
+        mean, variance = ops.moments(x, axes=reduction_axes, keepdims=True)
+        shape = [1] * len(x.shape)
+        shape[axis] = x.shape[axis]
+        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * ops.reshape(ops.cast(self.gamma, "float32"), shape)
+        if self.center:
+            outputs = outputs + ops.reshape(ops.cast(self.beta, "float32"), shape)
+        if num_samples > 1:
+            outputs = ops.reshape(outputs, ops.shape(inputs))
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "inference_statistics": self.inference_statistics}

@@ -1,0 +1,79 @@
+"""`PerStream`: apply one transform to every stream of an SFG network, with separate weights per stream."""
+
+from __future__ import annotations
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="sfg")
+class PerStream(keras.layers.Layer):
+    """Applies a copy of `layer` to each stream `(F_1, ..., F_T, F_s)`; `None` streams stay `None`.
+
+    Every stream gets its own copy, built from `layer`'s config, so layers with weights (residual blocks, convs)
+    have separate weights per stream, as the SPEC requires between SFG layers. The `layer` passed in is only a
+    template and is never called.
+
+    Args:
+        layer: a Keras layer (e.g. `keras.layers.MaxPooling2D(2)`, `ResidualBlock(16)`).
+
+    Example:
+
+    ```python
+    streams = SFGConv(16, 3)(images)
+    streams = PerStream(keras.layers.MaxPooling2D(2))(streams)
+    ```
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"`layer` must be a Keras layer. Received: layer={layer!r}")
+        self._template_config = keras.saving.serialize_keras_object(layer)
+        self._template_name = layer.name
+        self.stream_layers = []
+        self._stream_slots = []
+
+    def _clone(self, index: int) -> keras.layers.Layer:
+        config = dict(self._template_config)
+        config["config"] = {**config["config"], "name": f"{self._template_name}_stream_{index}"}
+        return keras.saving.deserialize_keras_object(config)
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or not all(
+            s is None or isinstance(s, (list, tuple)) for s in input_shape
+        ):
+            raise ValueError(f"{self.name}: expects a list of streams. Received shape {input_shape}")
+        for index, shape in enumerate(input_shape):
+            if shape is None:
+                continue
+            layer = self._clone(index)
+            layer.build(tuple(shape))
+            self.stream_layers.append(layer)
+            self._stream_slots.append(index)
+        self._num_streams = len(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if len(inputs) != self._num_streams:
+            raise ValueError(f"{self.name}: built for {self._num_streams} streams. Received {len(inputs)}")
+        outputs = [None] * len(inputs)
+        for slot, layer in zip(self._stream_slots, self.stream_layers):
+            if inputs[slot] is None:
+                raise ValueError(f"{self.name}: stream {slot} was present at build time but is None now.")
+            outputs[slot] = layer(inputs[slot], training=training)
+        return outputs
+
+    def compute_output_spec(self, inputs, training=None):
+        template = keras.saving.deserialize_keras_object(self._template_config)
+        return [None if x is None else template.compute_output_spec(x) for x in inputs]
+
+    def get_config(self):
+        return {**super().get_config(), "layer": self._template_config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

@@ -1,0 +1,490 @@
+"""`SFGConv`: a convolution whose kernels are stochastically assigned to task-specific and shared groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from keras import ops
+
+from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization
+from sfg_keras.layers.grouping import INIT_MODES, default_p0, initial_probabilities, inverse_softplus, validate_p0
+from sfg_keras.layers.sampling_scope import current_num_samples, current_stochastic
+
+_SAMPLING = ("per_example", "per_batch")
+_MERGE = ("sum", "concat")
+
+
+def _as_tuple(value, rank: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * rank
+    value = tuple(int(v) for v in value)
+    if len(value) != rank:
+        raise ValueError(f"`{name}` must be an int or a tuple of {rank} ints. Received: {name}={value}")
+    return value
+
+
+def _is_single_shape(shape) -> bool:
+    return all(d is None or isinstance(d, int) for d in shape)
+
+
+@keras.saving.register_keras_serializable(package="sfg")
+class SFGConv(keras.layers.Layer):
+    """Stochastic Filter Group convolution (Bragman et al., ICCV 2019).
+
+    With `T = num_tasks` tasks the layer's `filters` kernels are split into `T` task-specific groups and one shared
+    group. Arrays over groups are ordered `(task_1, ..., task_T, shared)`.
+
+    The layer owns one kernel `W` of shape `[*kernel_size, C_in, filters]` (the parameter count of a plain
+    convolution) and grouping logits `r` of shape `[filters, T + 1]`; the grouping probabilities are
+    `p = softplus(r) / sum_groups softplus(r)`. Each forward pass draws an assignment
+    `z ~ RelaxedOneHotCategorical(temperature, probs=p)` (Gumbel noise on `log p`, so a kernel joins group `g` with
+    probability `p_g`). With `hard=True` the forward pass uses the one-hot argmax and gradients flow through the
+    relaxed sample (straight-through); with `hard=False` the relaxed sample weights the kernels.
+
+    Routing: the layer takes one tensor (the image, convolved by every group) or the `T + 1` streams
+    `(F_1, ..., F_T, F_s)` of the previous SFG layer. Task `t` convolves `merge(F_t, F_s)` and the shared group
+    convolves `F_s`, all with the same `W`; each group then has its own batch normalisation and activation, and the
+    mask comes last: `F'_g = z_g * act_g(BN_g(conv(X_g, W)))`. A kernel assigned to task `t` is exactly zero in every
+    other group's output, so it receives no gradient from the other tasks' losses.
+
+    Inference: with `training=False` the layer uses the MAP architecture (`argmax p` per kernel) unless
+    `stochastic=True` (or an enclosing `sampling_scope(stochastic=True)`), which samples without touching any batch
+    normalisation state.
+
+    Regularisation (paper eq. 5) goes through Keras' loss collection: `kernel_l2 * ||W||^2` (as a weight
+    regulariser) and `-entropy_weight * sum_kernels H(p)` (an `add_loss` term, only when `p` is learned).
+
+    Baselines: `learn_p=False` keeps `p` constant (still sampled); `fixed_assignment` (one group index per kernel)
+    turns sampling off and computes each group's convolution with its own kernels only, so groups without kernels
+    cost nothing and produce `None` streams.
+
+    Args:
+        filters: int. Number of kernels `K`.
+        kernel_size: int or tuple. Spatial size of the kernel.
+        num_tasks: int. Number of tasks `T` (>= 1). Defaults to 2.
+        strides: int or tuple. Defaults to 1.
+        padding: str. `"same"` or `"valid"`. Defaults to `"same"`.
+        dilation_rate: int or tuple. Defaults to 1.
+        rank: int. 2 for images (`Conv2D`), 3 for volumes (`Conv3D`). Defaults to 2.
+        p_init: sequence of `T + 1` floats or None. Initial probabilities (`constant` mode) or block proportions
+            (`vertex` mode), ordered `(task_1, ..., task_T, shared)`. Defaults to shared 0.6, the rest split evenly.
+        init_mode: str. `"constant"`, `"random"` (Dirichlet(1, ..., 1) per kernel) or `"vertex"`. Defaults to
+            `"constant"`.
+        learn_p: bool. Whether the grouping logits are trainable. Defaults to True.
+        fixed_assignment: sequence of `filters` ints in `[0, T]` or None. A fixed group per kernel (no sampling).
+        hard: bool. Straight-through hard samples (True) or relaxed soft weights (False). Defaults to True.
+        sampling: str. `"per_example"` (a fresh architecture per data point, paper eq. 3) or `"per_batch"` (one
+            draw per layer per step). Defaults to `"per_example"`.
+        merge: str. How task streams are merged with the shared stream at the input: `"sum"` or `"concat"`
+            (channel concat then a 1x1 convolution per task). Defaults to `"sum"`.
+        activation: str. `"prelu"` or any Keras activation name. Defaults to `"prelu"`.
+        inference_statistics: str. `"batch"` (normalise with the batch's statistics at inference, as the paper) or
+            `"moving"`. Defaults to `"batch"`.
+        kernel_initializer: initializer for `W`. Defaults to `"he_normal"`.
+        kernel_l2: float. `lambda1`, the weight of `||W||^2`. Defaults to 1e-6.
+        entropy_weight: float. `lambda2`, the weight of the (subtracted) entropy of `p`. Defaults to 1e-5.
+        temperature: float. Initial Gumbel-softmax temperature (set every training step by the schedule).
+            Defaults to 1.0.
+        bn_momentum: float. Batch-norm momentum. Defaults to 0.9.
+        bn_epsilon: float. Batch-norm epsilon. Defaults to 1e-5.
+        seed: int or None. Seed of the layer's `keras.random.SeedGenerator` (and of `"random"` initialisation).
+
+    Example:
+
+    ```python
+    images = keras.random.normal((8, 32, 32, 3))
+    first = SFGConv(filters=16, kernel_size=3, num_tasks=3, p_init=[0.1, 0.1, 0.1, 0.7], seed=0)
+    streams = first(images)                          # list of 4 tensors (task_1, task_2, task_3, shared)
+    streams = SFGConv(32, 3, num_tasks=3)(streams)   # list in, list out
+    first.grouping_probabilities()                   # numpy [16, 4], rows sum to 1
+    first(images, training=False, stochastic=True)   # sample without touching batch-norm state
+    ```
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        num_tasks: int = 2,
+        strides: int | Sequence[int] = 1,
+        padding: str = "same",
+        dilation_rate: int | Sequence[int] = 1,
+        rank: int = 2,
+        p_init: Sequence[float] | None = None,
+        init_mode: str = "constant",
+        learn_p: bool = True,
+        fixed_assignment: Sequence[int] | None = None,
+        hard: bool = True,
+        sampling: str = "per_example",
+        merge: str = "sum",
+        activation: str = "prelu",
+        inference_statistics: str = "batch",
+        kernel_initializer="he_normal",
+        kernel_l2: float = 1e-6,
+        entropy_weight: float = 1e-5,
+        temperature: float = 1.0,
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-5,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"`num_tasks` must be a positive int. Received: num_tasks={num_tasks!r}")
+        if rank not in (2, 3):
+            raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={rank!r}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
+        if init_mode not in INIT_MODES:
+            raise ValueError(f"`init_mode` must be one of {INIT_MODES}. Received: init_mode={init_mode!r}")
+        if sampling not in _SAMPLING:
+            raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
+        if merge not in _MERGE:
+            raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
+        self.filters = filters
+        self.num_tasks = num_tasks
+        self.num_groups = num_tasks + 1
+        self.rank = rank
+        self.kernel_size = _as_tuple(kernel_size, rank, "kernel_size")
+        self.strides = _as_tuple(strides, rank, "strides")
+        self.dilation_rate = _as_tuple(dilation_rate, rank, "dilation_rate")
+        self.padding = padding
+        self.p_init = [float(v) for v in validate_p0(default_p0(num_tasks) if p_init is None else p_init, num_tasks)]
+        self.init_mode = init_mode
+        self.learn_p = bool(learn_p)
+        if fixed_assignment is not None:
+            assignment = np.asarray(fixed_assignment)
+            if (
+                assignment.shape != (filters,)
+                or not np.issubdtype(assignment.dtype, np.integer)
+                or assignment.min() < 0
+                or assignment.max() > num_tasks
+            ):
+                raise ValueError(
+                    f"`fixed_assignment` must hold one group index in [0, {num_tasks}] per kernel ({filters} ints). "
+                    f"Received: fixed_assignment={list(fixed_assignment)}"
+                )
+            fixed_assignment = [int(v) for v in assignment]
+        self.fixed_assignment = fixed_assignment
+        self.hard = bool(hard)
+        self.sampling = sampling
+        self.merge = merge
+        self.activation = activation
+        self.inference_statistics = inference_statistics
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_l2 = float(kernel_l2)
+        self.entropy_weight = float(entropy_weight)
+        self.initial_temperature = float(temperature)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        if self.is_fixed:
+            self.active_groups = sorted(set(self.fixed_assignment))
+        else:
+            self.active_groups = list(range(self.num_groups))
+        # Per-group conv-output channel indices (fixed mode) and scatter maps back to `filters` channels.
+        self._group_channels = {}
+        self._scatter_index = {}
+        if self.is_fixed:
+            assignment = np.asarray(self.fixed_assignment)
+            for g in self.active_groups:
+                channels = np.flatnonzero(assignment == g).astype("int32")
+                scatter = np.full(filters, len(channels), dtype="int32")
+                scatter[channels] = np.arange(len(channels), dtype="int32")
+                self._group_channels[g], self._scatter_index[g] = channels, scatter
+        self.group_norms = []
+        self.group_activations = []
+        self.merge_projections = []
+        # Created eagerly (not in `build`) so that a train step can set it before the first forward pass.
+        self.temperature = self.add_weight(
+            name="temperature",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_temperature),
+            trainable=False,
+            autocast=False,
+        )
+
+    # === Properties ===
+
+    @property
+    def is_fixed(self) -> bool:
+        """Whether the assignment is fixed (no sampling, no grouping logits)."""
+        return self.fixed_assignment is not None
+
+    @property
+    def learns_p(self) -> bool:
+        """Whether the grouping probabilities are trained (and regularised by the entropy term)."""
+        return self.learn_p and not self.is_fixed
+
+    # === Build ===
+
+    def build(self, input_shape):
+        if _is_single_shape(input_shape):
+            self._streamed_input = False
+            shapes = [tuple(input_shape)]
+        else:
+            if len(input_shape) != self.num_groups:
+                raise ValueError(
+                    f"{self.name}: expected one tensor or a list of {self.num_groups} streams "
+                    f"(task_1..task_{self.num_tasks}, shared). Received {len(input_shape)} shapes: {input_shape}"
+                )
+            self._streamed_input = True
+            shapes = [tuple(s) for s in input_shape if s is not None]
+        if not shapes:
+            raise ValueError(f"{self.name}: every input stream is None.")
+        for shape in shapes:
+            if len(shape) != self.rank + 2:
+                raise ValueError(
+                    f"{self.name}: rank={self.rank} needs inputs of rank {self.rank + 2} "
+                    f"(batch, {'spatial, ' * self.rank}channels). Received shape {shape}"
+                )
+        channels = {s[-1] for s in shapes}
+        if len(channels) != 1 or None in channels:
+            raise ValueError(f"{self.name}: all input streams need the same known channel count. Received {shapes}")
+        in_channels = channels.pop()
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, in_channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 > 0 else None,
+        )
+        if not self.is_fixed:
+            probs = initial_probabilities(self.filters, self.p_init, self.init_mode, seed=self.seed)
+            self.grouping_logits = self.add_weight(
+                name="grouping_logits",
+                shape=(self.filters, self.num_groups),
+                initializer=keras.initializers.Constant(inverse_softplus(probs).astype("float32")),
+                trainable=self.learn_p,
+                autocast=False,
+            )
+        spatial = shapes[0][:-1]
+        for g in self.active_groups:
+            width = len(self._group_channels[g]) if self.is_fixed else self.filters
+            norm = BatchStatisticsNormalization(
+                inference_statistics=self.inference_statistics,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype_policy,
+                name=f"bn_{self._group_name(g)}",
+            )
+            norm.build((*spatial, width))
+            if self.activation == "prelu":
+                act = keras.layers.PReLU(
+                    shared_axes=list(range(1, self.rank + 1)),
+                    dtype=self.dtype_policy,
+                    name=f"prelu_{self._group_name(g)}",
+                )
+                act.build((*spatial, width))
+            else:
+                act = keras.layers.Activation(
+                    self.activation, dtype=self.dtype_policy, name=f"act_{self._group_name(g)}"
+                )
+            self.group_norms.append(norm)
+            self.group_activations.append(act)
+        if self._streamed_input and self.merge == "concat":
+            conv = keras.layers.Conv2D if self.rank == 2 else keras.layers.Conv3D
+            for t in range(self.num_tasks):
+                projection = conv(in_channels, 1, dtype=self.dtype_policy, name=f"merge_task_{t + 1}")
+                projection.build((*spatial, 2 * in_channels))
+                self.merge_projections.append(projection)
+        self.built = True
+
+    def _group_name(self, g: int) -> str:
+        return "shared" if g == self.num_tasks else f"task_{g + 1}"
+
+    # === Grouping probabilities ===
+
+    def probabilities(self):
+        """Grouping probabilities `p` as a float32 tensor `[filters, T + 1]` (one-hot for a fixed assignment)."""
+        if self.is_fixed:
+            return ops.one_hot(ops.convert_to_tensor(self.fixed_assignment, "int32"), self.num_groups)
+        positive = ops.softplus(ops.cast(self.grouping_logits, "float32"))
+        return positive / ops.sum(positive, axis=-1, keepdims=True)
+
+    def grouping_probabilities(self) -> np.ndarray:
+        """Grouping probabilities as numpy `[filters, T + 1]`, columns `(task_1, ..., task_T, shared)`."""
+        return np.asarray(ops.convert_to_numpy(self.probabilities()), dtype="float64")
+
+    def map_assignment(self) -> np.ndarray:
+        """The MAP group of every kernel (`argmax p`), numpy int `[filters]`."""
+        return np.argmax(self.grouping_probabilities(), axis=-1)
+
+    def entropy(self):
+        """Sum over kernels of the entropy `H(p)` (nats), a float32 scalar tensor."""
+        p = self.probabilities()
+        return -ops.sum(p * ops.log(ops.maximum(p, 1e-12)))
+
+    def entropy_penalty(self):
+        """The entropy term this layer adds to the objective: `-entropy_weight * sum H(p)` (0 if `p` is fixed)."""
+        if not self.learns_p or self.entropy_weight == 0:
+            return ops.zeros((), "float32")
+        return -self.entropy_weight * self.entropy()
+
+    def weight_penalty(self):
+        """The weight term this layer adds to the objective: `kernel_l2 * ||W||^2`."""
+        return self.kernel_l2 * ops.sum(ops.square(ops.cast(self.kernel, "float32")))
+
+    def set_temperature(self, value) -> None:
+        """Assigns the Gumbel-softmax temperature (a float or a scalar tensor)."""
+        self.temperature.assign(ops.cast(value, "float32"))
+
+    # === Forward ===
+
+    def _next_seed(self):
+        seed = ops.cast(ops.mod(self.seed_generator.next(), 2**31 - 2), "int32")
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Replicas share the generator state; fold the replica id in so they draw different assignments.
+            seed = seed + ops.stack([0, ops.cast(context.replica_id_in_sync_group, "int32")])
+        return seed
+
+    def _assignment(self, batch_size, stochastic: bool):
+        """Float32 assignment `[batch or 1, filters, T + 1]`: sampled, or the MAP one-hot."""
+        probs = self.probabilities()
+        if not stochastic:
+            return ops.one_hot(ops.argmax(probs, axis=-1), self.num_groups)[None]
+        num_samples = current_num_samples()
+        sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
+        distribution = tfp.distributions.RelaxedOneHotCategorical(
+            temperature=ops.cast(self.temperature, "float32"), probs=probs
+        )
+        relaxed = distribution.sample(sample_shape, seed=self._next_seed())
+        if self.sampling == "per_batch" and num_samples > 1:
+            relaxed = ops.repeat(relaxed, batch_size // num_samples, axis=0)
+        if not self.hard:
+            return relaxed
+        hard = ops.one_hot(ops.argmax(relaxed, axis=-1), self.num_groups)
+        # Straight-through: the forward value is exactly `hard`, the gradient is that of `relaxed`.
+        return hard + (relaxed - ops.stop_gradient(relaxed))
+
+    def _merge(self, task_stream, shared_stream, task: int):
+        if task_stream is None or shared_stream is None:
+            return shared_stream if task_stream is None else task_stream
+        if self.merge == "sum":
+            return task_stream + shared_stream
+        return self.merge_projections[task](ops.concatenate([task_stream, shared_stream], axis=-1))
+
+    def _convolve(self, inputs, kernel):
+        return ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
+
+    def call(self, inputs, training=None, stochastic=None):
+        if stochastic is None:
+            stochastic = current_stochastic()
+        if stochastic is None:
+            stochastic = bool(training)
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != self.num_groups:
+                raise ValueError(f"{self.name}: expected {self.num_groups} streams. Received {len(inputs)}")
+            shared = inputs[self.num_tasks]
+            group_inputs = {
+                g: shared if g == self.num_tasks else self._merge(inputs[g], shared, g) for g in self.active_groups
+            }
+        else:
+            group_inputs = {g: inputs for g in self.active_groups}
+        for g, x in group_inputs.items():
+            if x is None:
+                raise ValueError(
+                    f"{self.name}: group {self._group_name(g)} has kernels but receives no input stream "
+                    "(its task stream and the shared stream are both None)."
+                )
+        outputs = [None] * self.num_groups
+        if self.is_fixed:
+            for i, g in enumerate(self.active_groups):
+                kernel = ops.take(self.kernel, self._group_channels[g], axis=-1)
+                y = self._convolve(group_inputs[g], kernel)
+                y = self.group_activations[i](self.group_norms[i](y, training=training))
+                padded = ops.concatenate([y, ops.zeros_like(y[..., :1])], axis=-1)
+                outputs[g] = ops.take(padded, self._scatter_index[g], axis=-1)
+            return outputs
+        first = next(iter(group_inputs.values()))
+        batch_size = ops.shape(first)[0]
+        assignment = self._assignment(batch_size, stochastic)
+        mask_shape = [-1] + [1] * self.rank + [self.filters]
+        convolved = {}
+        for i, g in enumerate(self.active_groups):
+            x = group_inputs[g]
+            key = id(x)
+            if key not in convolved:  # the first layer convolves the image once for every group
+                convolved[key] = self._convolve(x, self.kernel)
+            y = self.group_activations[i](self.group_norms[i](convolved[key], training=training))
+            mask = ops.reshape(ops.cast(assignment[..., g], y.dtype), mask_shape)
+            outputs[g] = y * mask
+        if self.learns_p and self.entropy_weight > 0:
+            self.add_loss(self.entropy_penalty())
+        return outputs
+
+    # === Shapes and config ===
+
+    def _output_spatial(self, spatial):
+        out = []
+        for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate):
+            if n is None:
+                out.append(None)
+            elif self.padding == "same":
+                out.append(-(-n // s))
+            else:
+                out.append((n - d * (k - 1) - 1) // s + 1)
+        return tuple(out)
+
+    def compute_output_shape(self, input_shape):
+        if _is_single_shape(input_shape):
+            shape = tuple(input_shape)
+        else:
+            shape = tuple(next(s for s in input_shape if s is not None))
+        out = (shape[0], *self._output_spatial(shape[1:-1]), self.filters)
+        return [out if g in self.active_groups else None for g in range(self.num_groups)]
+
+    def compute_output_spec(self, inputs, training=None, stochastic=None):
+        if isinstance(inputs, (list, tuple)):
+            shape = next(x.shape for x in inputs if x is not None)
+        else:
+            shape = inputs.shape
+        out = (shape[0], *self._output_spatial(shape[1:-1]), self.filters)
+        return [
+            keras.KerasTensor(out, dtype=self.compute_dtype) if g in self.active_groups else None
+            for g in range(self.num_groups)
+        ]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "num_tasks": self.num_tasks,
+            "strides": self.strides,
+            "padding": self.padding,
+            "dilation_rate": self.dilation_rate,
+            "rank": self.rank,
+            "p_init": self.p_init,
+            "init_mode": self.init_mode,
+            "learn_p": self.learn_p,
+            "fixed_assignment": self.fixed_assignment,
+            "hard": self.hard,
+            "sampling": self.sampling,
+            "merge": self.merge,
+            "activation": self.activation,
+            "inference_statistics": self.inference_statistics,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_l2": self.kernel_l2,
+            "entropy_weight": self.entropy_weight,
+            "temperature": self.initial_temperature,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+            "seed": self.seed,
+        }

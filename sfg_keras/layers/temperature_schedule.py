@@ -1,0 +1,91 @@
+"""The Gumbel-softmax temperature schedule `tau(t) = max(tau_min, tau0 * exp(-decay_rate * t))`."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from sfg_keras.layers.sfg_conv import SFGConv
+
+
+@keras.saving.register_keras_serializable(package="sfg")
+class TemperatureSchedule:
+    """Exponentially decaying temperature with a floor (SFG supplementary 1.1).
+
+    `tau(t) = max(tau_min, tau0 * exp(-decay_rate * t))`, `t` the training step (the optimizer's iteration count
+    before the step's update, so the first step uses `tau0`).
+
+    Args:
+        tau0: float. Initial temperature. Defaults to 1.0.
+        decay_rate: float. The rate `r`. Defaults to 1e-5.
+        tau_min: float. The floor. Defaults to 0.1.
+
+    Example:
+
+    ```python
+    schedule = TemperatureSchedule(tau0=1.0, decay_rate=1e-5, tau_min=0.1)
+    float(schedule(1000))   # exp(-0.01) = 0.990...
+    ```
+    """
+
+    def __init__(self, tau0: float = 1.0, decay_rate: float = 1e-5, tau_min: float = 0.1):
+        if tau0 <= 0 or tau_min <= 0 or decay_rate < 0:
+            raise ValueError(
+                "Temperatures must be > 0 and the decay rate >= 0. "
+                f"Received: tau0={tau0!r}, tau_min={tau_min!r}, decay_rate={decay_rate!r}"
+            )
+        if tau_min > tau0:
+            raise ValueError(f"`tau_min` must be <= `tau0`. Received: tau_min={tau_min!r}, tau0={tau0!r}")
+        self.tau0 = float(tau0)
+        self.decay_rate = float(decay_rate)
+        self.tau_min = float(tau_min)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return ops.maximum(self.tau_min, self.tau0 * ops.exp(-self.decay_rate * step))
+
+    def value(self, step: int) -> float:
+        """The temperature at `step` as a Python float (for logs and tests)."""
+        return max(self.tau_min, self.tau0 * math.exp(-self.decay_rate * step))
+
+    def get_config(self) -> dict:
+        return {"tau0": self.tau0, "decay_rate": self.decay_rate, "tau_min": self.tau_min}
+
+    @classmethod
+    def from_config(cls, config: dict) -> TemperatureSchedule:
+        return cls(**config)
+
+
+def find_sfg_layers(model: keras.layers.Layer) -> list[SFGConv]:
+    """All `SFGConv` layers inside `model` (nested models and wrappers included), in creation order.
+
+    Example:
+
+    ```python
+    for layer in find_sfg_layers(model):
+        print(layer.name, layer.grouping_probabilities().mean(axis=0))
+    ```
+    """
+    found, seen = [], set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, SFGConv):
+            found.append(layer)
+            return
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            visit(child)
+
+    visit(model)
+    return found
+
+
+def apply_temperature(model: keras.layers.Layer, step, schedule: TemperatureSchedule) -> None:
+    """Sets the temperature of every `SFGConv` in `model` to `schedule(step)` (graph- and XLA-safe)."""
+    tau = schedule(step)
+    for layer in find_sfg_layers(model):
+        layer.set_temperature(tau)

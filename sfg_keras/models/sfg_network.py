@@ -1,0 +1,205 @@
+"""`SFGNetwork`: the routed multi-stream Keras model (trunk of SFG layers and per-stream transforms, task heads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from sfg_keras.layers.sfg_conv import SFGConv
+from sfg_keras.layers.stream_merge import StreamMerge
+from sfg_keras.layers.temperature_schedule import TemperatureSchedule, apply_temperature, find_sfg_layers
+from sfg_keras.models.task_head import TaskHead, as_task_heads
+
+
+@keras.saving.register_keras_serializable(package="sfg")
+class SFGNetwork(keras.Model):
+    """A multi-task network routed through Stochastic Filter Groups.
+
+    The trunk is a list of layers applied in order: `SFGConv` layers (one tensor or `T + 1` streams in, `T + 1`
+    streams out), and stream-wise layers such as `PerStream(...)` and `CrossStitch(...)`. After the trunk, task `t`
+    reads `merge(F_t, F_s)` (`StreamMerge`) and its head produces the output named after the task. Outputs are a
+    dict `{task_name: tensor}`; classification and segmentation heads output logits.
+
+    `call` declares `training` and `stochastic`: `training=True` (as in `fit`) samples architectures and updates
+    batch-norm statistics; `training=False` uses the MAP architecture unless `stochastic=True`. Every training step
+    first sets the Gumbel-softmax temperature of all SFG layers from the optimizer's step counter
+    (`temperature_schedule`), so the schedule is exact per step, under XLA and under tf.distribute.
+
+    Logged during `fit`/`evaluate` besides Keras' per-task losses and metrics: `data_loss` (weighted task losses),
+    `weight_term` (L2 penalties), `entropy_term` (`-lambda2 * sum H(p)`) and `temperature`.
+
+    Args:
+        trunk: list of layers.
+        heads: list of `TaskHead` (or dicts / tuples) describing the tasks, in stream order.
+        head_layers: list of Keras layers, one per task (see `sfg_keras.models.make_head`).
+        merge: str. How heads merge task and shared streams: `"sum"` or `"concat"`. Defaults to `"sum"`.
+        temperature_schedule: `TemperatureSchedule` or its config dict. Defaults to `TemperatureSchedule()`.
+
+    Example:
+
+    ```python
+    tasks = [TaskHead("digit", "classification", 10), TaskHead("thickness", "regression", 1)]
+    model = SFGNetwork(
+        trunk=[SFGConv(16, 3, seed=0), PerStream(keras.layers.MaxPooling2D()), SFGConv(32, 3, seed=1),
+               PerStream(keras.layers.GlobalAveragePooling2D())],
+        heads=tasks,
+        head_layers=[keras.layers.Dense(10), keras.layers.Dense(1)],
+    )
+    model.compile("adam", loss={"digit": CrossEntropy(), "thickness": RMSE()})
+    ```
+    """
+
+    def __init__(
+        self,
+        trunk: Sequence[keras.layers.Layer],
+        heads: Sequence[TaskHead],
+        head_layers: Sequence[keras.layers.Layer],
+        merge: str = "sum",
+        temperature_schedule: TemperatureSchedule | dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.tasks = as_task_heads(heads)
+        if len(head_layers) != len(self.tasks):
+            raise ValueError(
+                f"Need one head layer per task ({len(self.tasks)}). Received {len(head_layers)} head layers."
+            )
+        if isinstance(temperature_schedule, dict):
+            temperature_schedule = TemperatureSchedule.from_config(temperature_schedule)
+        self.temperature_schedule = temperature_schedule or TemperatureSchedule()
+        self.trunk = list(trunk)
+        self.head_layers = list(head_layers)
+        self.merge = merge
+        self.stream_merge = StreamMerge(len(self.tasks), mode=merge, name="stream_merge")
+        sfg = [layer for layer in self.trunk if isinstance(layer, SFGConv)]
+        if not sfg:
+            raise ValueError("The trunk needs at least one SFGConv layer.")
+        for layer in sfg:
+            if layer.num_tasks != len(self.tasks):
+                raise ValueError(
+                    f"{layer.name} has num_tasks={layer.num_tasks} but the network has {len(self.tasks)} tasks."
+                )
+        self.data_loss_tracker = keras.metrics.Mean(name="data_loss")
+        self.weight_term_tracker = keras.metrics.Mean(name="weight_term")
+        self.entropy_term_tracker = keras.metrics.Mean(name="entropy_term")
+        self.temperature_tracker = keras.metrics.Mean(name="temperature")
+
+    # === Forward ===
+
+    def build(self, input_shape):
+        # Build every sublayer with one eager MAP pass on zeros (cheap, and reproducible on reload).
+        shape = [2 if d is None else d for d in input_shape]
+        self.call(ops.zeros(shape, dtype=self.compute_dtype), training=False, stochastic=False)
+        self.built = True
+
+    def call(self, inputs, training=None, stochastic=None):
+        x = inputs
+        for layer in self.trunk:
+            if isinstance(layer, SFGConv):
+                x = layer(x, training=training, stochastic=stochastic)
+            else:
+                x = layer(x, training=training)
+        features = self.stream_merge(x)
+        return {
+            task.name: head(feature, training=training)
+            for task, head, feature in zip(self.tasks, self.head_layers, features)
+        }
+
+    # === Training ===
+
+    @property
+    def sfg_layers(self) -> list[SFGConv]:
+        """The `SFGConv` layers of the trunk, in order."""
+        return find_sfg_layers(self)
+
+    def train_step(self, data):
+        apply_temperature(self, self.optimizer.iterations, self.temperature_schedule)
+        return super().train_step(data)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        entropy = ops.zeros((), "float32")
+        for layer in self.sfg_layers:
+            entropy = entropy + layer.entropy_penalty()
+        penalties = ops.zeros((), "float32")
+        for loss in self.losses:
+            penalties = penalties + ops.cast(loss, "float32")
+        self.data_loss_tracker.update_state(ops.cast(total, "float32") - penalties)
+        self.weight_term_tracker.update_state(penalties - entropy)
+        self.entropy_term_tracker.update_state(entropy)
+        self.temperature_tracker.update_state(ops.cast(self.sfg_layers[0].temperature, "float32"))
+        return total
+
+    @property
+    def metrics(self):
+        return super().metrics + [
+            self.data_loss_tracker,
+            self.weight_term_tracker,
+            self.entropy_term_tracker,
+            self.temperature_tracker,
+        ]
+
+    # === Introspection ===
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in stream order."""
+        return [task.name for task in self.tasks]
+
+    @property
+    def group_names(self) -> list[str]:
+        """Group names in stream order: the task names, then `"shared"`."""
+        return self.task_names + ["shared"]
+
+    def grouping_probabilities(self) -> dict[str, np.ndarray]:
+        """Per SFG layer (by name, in order) the probabilities `[filters, T + 1]` (one-hot if fixed)."""
+        return {layer.name: layer.grouping_probabilities() for layer in self.sfg_layers}
+
+    def group_shares(self) -> dict[str, dict[str, float]]:
+        """Per SFG layer the share of kernels in each group: `sum_k p[k, g] / K` (paper Fig. 6), keyed by group.
+
+        Example:
+
+        ```python
+        model.group_shares()["sfg_conv_1"]   # {"age": 0.21, "gender": 0.19, "shared": 0.60}
+        ```
+        """
+        return {
+            name: dict(zip(self.group_names, p.mean(axis=0).tolist()))
+            for name, p in self.grouping_probabilities().items()
+        }
+
+    def map_assignments(self) -> dict[str, np.ndarray]:
+        """Per SFG layer the MAP group index of every kernel (`argmax p`)."""
+        return {name: np.argmax(p, axis=-1) for name, p in self.grouping_probabilities().items()}
+
+    def map_counts(self) -> dict[str, dict[str, int]]:
+        """Per SFG layer the number of kernels whose MAP group is each group, keyed by group name."""
+        groups = len(self.group_names)
+        return {
+            name: dict(zip(self.group_names, np.bincount(a, minlength=groups).tolist()))
+            for name, a in self.map_assignments().items()
+        }
+
+    # === Config ===
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "trunk": [keras.saving.serialize_keras_object(layer) for layer in self.trunk],
+            "heads": [task.to_config() for task in self.tasks],
+            "head_layers": [keras.saving.serialize_keras_object(layer) for layer in self.head_layers],
+            "merge": self.merge,
+            "temperature_schedule": self.temperature_schedule.get_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["trunk"] = [keras.saving.deserialize_keras_object(c) for c in config["trunk"]]
+        config["head_layers"] = [keras.saving.deserialize_keras_object(c) for c in config["head_layers"]]
+        return cls(**config)
