@@ -1,0 +1,201 @@
+"""Monte-Carlo and MAP prediction for SFG networks.
+
+Stochastic inference draws a fresh architecture for every pass; `N` passes are aggregated per task:
+
+* regression: `mean` and `std` (population standard deviation over the passes);
+* classification / segmentation: `probabilities` (mean softmax), `mode` (majority vote of the per-pass argmax;
+  ties go to the lower class) and `entropy` (predictive entropy of the mean probabilities, nats).
+
+Sampling is vectorised: a batch of `B` inputs is tiled `n` times along the batch axis and run as one forward pass
+inside `sampling_scope(stochastic=True, num_samples=n)`, so per-example sampling gives `n` independent
+architectures per input, `per_batch` sampling draws one architecture per pass, and batch-statistics normalisation
+normalises each pass's `B` examples on their own, exactly as `n` sequential passes would. No variable other than
+the layers' seed generators changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from sfg_keras.layers.sampling_scope import sampling_scope
+from sfg_keras.models.sfg_network import SFGNetwork
+
+
+def _split_passes(outputs: dict, tasks, num_samples: int) -> dict:
+    split = {}
+    for task in tasks:
+        y = ops.cast(outputs[task.name], "float32")
+        split[task.name] = ops.reshape(y, [num_samples, -1] + list(y.shape[1:]))
+    return split
+
+
+def monte_carlo_sums(model: SFGNetwork, x, num_samples: int) -> dict[str, dict[str, tf.Tensor]]:
+    """One vectorised chunk of `num_samples` stochastic passes, returned as sums (graph- and XLA-compatible).
+
+    Returns per task: regression `{"sum", "sum_sq"}`; categorical `{"prob_sum", "votes"}` (votes: per-class counts
+    of the per-pass argmax). Use `monte_carlo_outputs` for the aggregated statistics.
+    """
+    tiled = ops.tile(x, [num_samples] + [1] * (len(x.shape) - 1))
+    with sampling_scope(stochastic=True, num_samples=num_samples):
+        outputs = model(tiled, training=False, stochastic=True)
+    sums = {}
+    for task in model.tasks:
+        y = _split_passes(outputs, [task], num_samples)[task.name]
+        if task.is_categorical:
+            sums[task.name] = {
+                "prob_sum": ops.sum(ops.softmax(y, axis=-1), axis=0),
+                "votes": ops.sum(ops.one_hot(ops.argmax(y, axis=-1), task.units), axis=0),
+            }
+        else:
+            sums[task.name] = {"sum": ops.sum(y, axis=0), "sum_sq": ops.sum(ops.square(y), axis=0)}
+    return sums
+
+
+def _finalise(sums: dict, tasks, num_samples: int, module=ops) -> dict:
+    results = {}
+    for task in tasks:
+        s = sums[task.name]
+        if task.is_categorical:
+            probs = s["prob_sum"] / num_samples
+            entropy = -module.sum(probs * module.log(module.maximum(probs, 1e-12)), axis=-1)
+            results[task.name] = {
+                "probabilities": probs,
+                "mode": module.argmax(s["votes"], axis=-1),
+                "entropy": entropy,
+            }
+        else:
+            mean = s["sum"] / num_samples
+            variance = module.maximum(s["sum_sq"] / num_samples - module.square(mean), 0.0)
+            results[task.name] = {"mean": mean, "std": module.sqrt(variance)}
+    return results
+
+
+def monte_carlo_outputs(model: SFGNetwork, x, num_samples: int = 50) -> dict[str, dict[str, tf.Tensor]]:
+    """Aggregated Monte-Carlo prediction of one batch in a single vectorised pass (graph-compatible; used by the
+    exported `serving_default` signature).
+
+    Example:
+
+    ```python
+    out = monte_carlo_outputs(model, images, num_samples=20)
+    out["age"]["mean"], out["age"]["std"], out["gender"]["entropy"]
+    ```
+    """
+    return _finalise(monte_carlo_sums(model, x, num_samples), model.tasks, num_samples)
+
+
+def _batches(x, batch_size: int) -> Iterable[np.ndarray]:
+    if isinstance(x, tf.data.Dataset):
+        for element in x:
+            yield element[0] if isinstance(element, tuple) else element
+        return
+    x = np.asarray(x)
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size]
+
+
+def mc_predict(
+    model: SFGNetwork,
+    x,
+    num_samples: int = 50,
+    batch_size: int = 8,
+    samples_per_pass: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Monte-Carlo prediction with `num_samples` stochastic architectures per input.
+
+    Args:
+        model: an `SFGNetwork`.
+        x: numpy array `[N, ...]` or a `tf.data.Dataset` of batches (of inputs or `(inputs, targets)`).
+        num_samples: int. Number of sampled architectures. Defaults to 50.
+        batch_size: int. Batch size for numpy input: the batch whose statistics batch-statistics normalisation
+            uses. Defaults to 8.
+        samples_per_pass: int or None. How many passes are stacked in one vectorised forward pass (memory
+            control). Defaults to `num_samples` capped so that one pass holds at most 512 examples.
+
+    Returns:
+        `{task: {"mean", "std"}}` for regression, `{task: {"probabilities", "mode", "entropy"}}` for
+        classification and segmentation, numpy arrays with the inputs' leading dimension.
+
+    Example:
+
+    ```python
+    out = mc_predict(model, images, num_samples=50)
+    age, age_std = out["age"]["mean"], out["age"]["std"]
+    ```
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
+    functions = {}
+
+    def chunk_function(n: int):
+        if n not in functions:
+            functions[n] = tf.function(lambda xb: monte_carlo_sums(model, xb, n), reduce_retracing=True)
+        return functions[n]
+
+    collected: dict[str, dict[str, list]] = {}
+    for batch in _batches(x, batch_size):
+        batch = tf.convert_to_tensor(batch, dtype=model.compute_dtype if model.compute_dtype != "float16" else None)
+        per_pass = samples_per_pass or max(1, min(num_samples, 512 // max(1, int(batch.shape[0]))))
+        totals = None
+        remaining = num_samples
+        while remaining > 0:
+            n = min(per_pass, remaining)
+            sums = chunk_function(n)(batch)
+            sums = {t: {k: v.numpy().astype("float64") for k, v in d.items()} for t, d in sums.items()}
+            totals = sums if totals is None else {t: {k: totals[t][k] + sums[t][k] for k in d} for t, d in sums.items()}
+            remaining -= n
+        finals = _finalise(totals, model.tasks, num_samples, module=np)
+        for task, values in finals.items():
+            for key, value in values.items():
+                collected.setdefault(task, {}).setdefault(key, []).append(np.asarray(value))
+    return {
+        task: {key: np.concatenate(parts, axis=0).astype("int64" if key == "mode" else "float32")
+               for key, parts in values.items()}
+        for task, values in collected.items()
+    }
+
+
+def map_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
+    """Deterministic prediction with the MAP architecture (`argmax p` per kernel), graph-compatible.
+
+    Returns `{task: {"prediction"}}` for regression and `{task: {"probabilities", "label"}}` otherwise.
+    """
+    with sampling_scope(stochastic=False):
+        outputs = model(x, training=False, stochastic=False)
+    results = {}
+    for task in model.tasks:
+        y = ops.cast(outputs[task.name], "float32")
+        if task.is_categorical:
+            results[task.name] = {"probabilities": ops.softmax(y, axis=-1), "label": ops.argmax(y, axis=-1)}
+        else:
+            results[task.name] = {"prediction": y}
+    return results
+
+
+def map_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
+    """`map_outputs` over numpy input or a dataset, batch by batch, returned as numpy arrays.
+
+    Example:
+
+    ```python
+    out = map_predict(model, images)
+    out["gender"]["label"]
+    ```
+    """
+    function = tf.function(lambda xb: map_outputs(model, xb), reduce_retracing=True)
+    collected: dict[str, dict[str, list]] = {}
+    for batch in _batches(x, batch_size):
+        for task, values in function(tf.convert_to_tensor(batch)).items():
+            for key, value in values.items():
+                collected.setdefault(task, {}).setdefault(key, []).append(value.numpy())
+    return {task: {k: np.concatenate(v, axis=0) for k, v in values.items()} for task, values in collected.items()}
+
+
+def stochastic_pass(model: keras.Model, x):
+    """One stochastic forward pass (fresh architecture per example) without touching batch-norm state."""
+    return model(x, training=False, stochastic=True)
