@@ -40,6 +40,7 @@ from sfg_keras.analysis.plots import (
     save_figure,
     simplex_density,
 )
+from sfg_keras.analysis.report import load_grouping_history, save_grouping_history, write_grouping_report
 
 __all__ = [
     "SHARED_GROUP_NAME",
@@ -49,6 +50,7 @@ __all__ = [
     "group_shares",
     "grouping_report",
     "kernel_entropies",
+    "load_grouping_history",
     "map_assignment",
     "map_counts",
     "plot_group_share_image",
@@ -57,10 +59,12 @@ __all__ = [
     "plot_ternary_trajectories",
     "plot_trajectories",
     "save_figure",
+    "save_grouping_history",
     "simplex_density",
     "summarize_layers",
     "validate_layer_probabilities",
     "validate_probabilities",
+    "write_grouping_report",
     "write_summary_csv",
     "write_summary_json",
 ]

@@ -1,0 +1,249 @@
+"""Export of a trained SFG network for TensorFlow Serving: versioned SavedModels with named inputs and outputs.
+
+`export_model` writes, under `export_dir`:
+
+* `<name>/<version>/`: a SavedModel (the layout TF Serving's `--model_base_path` expects) with one input `images`
+  (`[None, *spatial, channels]`, float32) and two signatures:
+
+  * `serving_default`: the Monte-Carlo aggregated prediction (`sfg_keras.inference.monte_carlo_outputs` with
+    `num_samples` fixed at export): `<task>_mean` and `<task>_std` for regression tasks, `<task>_probabilities`,
+    `<task>_mode` and `<task>_entropy` for classification and segmentation tasks;
+  * `map`: the deterministic MAP architecture (`sfg_keras.inference.map_outputs`): `<task>_prediction` for
+    regression, `<task>_probabilities` and `<task>_label` otherwise;
+
+* `<name>.keras`: the model itself (`model.save`; the latest export overwrites it);
+* with `include_compact`: `<name>_compact/<version>/`, the compact MAP model (`sfg_keras.compact`) as a SavedModel
+  whose `serving_default` has the outputs of `map`, and `<name>_compact.keras`.
+
+Serving never changes the model: every signature runs with `training=False`, so no batch-normalisation statistic
+is written; only the seed generators of the SFG layers advance in `serving_default` (fresh samples per request).
+
+The `images` input has a fixed spatial size (the batch size is free): the Monte-Carlo path splits the stacked
+passes with static shapes (`BatchStatisticsNormalization` and `inference._split_passes` reshape with
+`inputs.shape[1:]`), which cannot trace with unknown spatial sizes.
+
+Batch statistics: with the default `inference_statistics="batch"` the served prediction of an image depends on the
+other images of its request (they form the batch whose statistics normalise it). Send a request as one batch and
+keep TF Serving's server-side request batching off (`--enable_batching=false`, the default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from sfg_keras.compact import compact_map_model, model_input_shape
+from sfg_keras.inference import map_outputs, monte_carlo_outputs
+from sfg_keras.models.sfg_network import SFGNetwork
+
+INPUT_NAME = "images"
+MAP_SIGNATURE = "map"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def _flatten(outputs: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:
+    return {f"{task}_{key}": value for task, values in outputs.items() for key, value in values.items()}
+
+
+def _map_from_logits(model: SFGNetwork, raw: dict) -> dict[str, tf.Tensor]:
+    flat = {}
+    for task in model.tasks:
+        y = ops.cast(raw[task.name], "float32")
+        if task.is_categorical:
+            flat[f"{task.name}_probabilities"] = ops.softmax(y, axis=-1)
+            flat[f"{task.name}_label"] = ops.argmax(y, axis=-1)
+        else:
+            flat[f"{task.name}_prediction"] = y
+    return flat
+
+
+def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
+    """The output names of every exported signature (the compact model's `serving_default` has those of `map`).
+
+    Example:
+
+    ```python
+    signature_outputs(model)
+    # {"serving_default": ["age_mean", "age_std", "gender_probabilities", "gender_mode", "gender_entropy"],
+    #  "map": ["age_prediction", "gender_probabilities", "gender_label"]}
+    ```
+    """
+    default, deterministic = [], []
+    for task in model.tasks:
+        if task.is_categorical:
+            default += [f"{task.name}_probabilities", f"{task.name}_mode", f"{task.name}_entropy"]
+            deterministic += [f"{task.name}_probabilities", f"{task.name}_label"]
+        else:
+            default += [f"{task.name}_mean", f"{task.name}_std"]
+            deterministic += [f"{task.name}_prediction"]
+    return {DEFAULT_SIGNATURE: default, MAP_SIGNATURE: deterministic}
+
+
+def _write_archive(archive: keras.export.ExportArchive, target: Path) -> None:
+    """Writes into a hidden sibling folder first, then renames it, so a server never sees a half-written version."""
+    staging = target.parent / f".{target.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        archive.write_out(str(staging), verbose=False)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def export_model(
+    model: SFGNetwork,
+    export_dir: str | Path,
+    name: str = "sfg",
+    version: int = 1,
+    num_samples: int = 50,
+    input_shape: Sequence[int | None] | None = None,
+    include_compact: bool = True,
+) -> dict[str, Path]:
+    """Exports an SFG network as versioned SavedModels for TensorFlow Serving, plus `.keras` files.
+
+    Args:
+        model: a built `SFGNetwork`.
+        export_dir: folder that receives `<name>/<version>/`, `<name>.keras` and, with `include_compact`,
+            `<name>_compact/<version>/` and `<name>_compact.keras`.
+        name: str. Model name (the TF Serving `MODEL_NAME`). Defaults to `"sfg"`.
+        version: int. Version folder (>= 1). Defaults to 1.
+        num_samples: int. Monte-Carlo samples of `serving_default`, fixed at export. Defaults to 50.
+        input_shape: `(batch, *spatial, channels)` of the `images` input, spatial sizes known. Defaults to the
+            shape `model` was built with.
+        include_compact: bool. Also export the compact MAP model. Defaults to True.
+
+    Returns:
+        `{"saved_model", "keras"}` paths, plus `{"compact_saved_model", "compact_keras"}` with `include_compact`.
+
+    Raises:
+        FileExistsError: if a version folder to be written already exists (nothing is written then).
+        ValueError: for a model that is not an `SFGNetwork`, a bad `name`, `version`, `num_samples` or
+            `input_shape`, or (with `include_compact`) a layer the compact translation does not support.
+
+    Example:
+
+    ```python
+    paths = export_model(model, "model_dir/export", name="age_gender", version=3, num_samples=50)
+    # docker run -p 8501:8501 -v $PWD/model_dir/export/age_gender:/models/age_gender \\
+    #     -e MODEL_NAME=age_gender tensorflow/serving
+    ```
+    """
+    if not isinstance(model, SFGNetwork):
+        raise ValueError(f"`model` must be an SFGNetwork. Received: model of type {type(model).__name__}")
+    if not name or not name.replace("_", "a").replace("-", "a").isalnum():
+        raise ValueError(f"`name` must be a non-empty name of letters, digits, '_' or '-'. Received: name={name!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be a positive int (TF Serving version folder). Received: version={version!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
+    export_dir = Path(export_dir)
+    targets = {"saved_model": export_dir / name / str(version)}
+    if include_compact:
+        targets["compact_saved_model"] = export_dir / f"{name}_compact" / str(version)
+    for target in targets.values():
+        if target.exists():
+            raise FileExistsError(
+                f"Export version folder {str(target)!r} already exists; choose another `version` or remove it."
+            )
+    if input_shape is None:
+        input_shape = model_input_shape(model)
+    input_shape = (None, *tuple(input_shape)[1:])
+    rank = model.sfg_layers[0].rank
+    if len(input_shape) != rank + 2 or any(d is None for d in input_shape[1:]):
+        # Known sizes: the Monte-Carlo signature reshapes with static shapes (see the module docstring).
+        raise ValueError(
+            f"`input_shape` must be (batch, {'spatial, ' * rank}channels) with known spatial sizes and channels. "
+            f"Received: input_shape={input_shape}"
+        )
+    spec = tf.TensorSpec(input_shape, tf.float32, name=INPUT_NAME)
+
+    def monte_carlo_signature(images):
+        return _flatten(monte_carlo_outputs(model, images, num_samples=num_samples))
+
+    def map_signature(images):
+        return _flatten(map_outputs(model, images))
+
+    # Everything is translated and traced before the first file is written, so a failure leaves no version behind.
+    archives = {"saved_model": keras.export.ExportArchive()}
+    archives["saved_model"].track(model)
+    archives["saved_model"].add_endpoint(DEFAULT_SIGNATURE, monte_carlo_signature, input_signature=[spec])
+    archives["saved_model"].add_endpoint(MAP_SIGNATURE, map_signature, input_signature=[spec])
+    compact = None
+    if include_compact:
+        compact = compact_map_model(model, input_shape)
+
+        def compact_signature(images):
+            return _map_from_logits(model, compact(images, training=False))
+
+        archives["compact_saved_model"] = keras.export.ExportArchive()
+        archives["compact_saved_model"].track(compact)
+        archives["compact_saved_model"].add_endpoint(DEFAULT_SIGNATURE, compact_signature, input_signature=[spec])
+    for key, archive in archives.items():
+        _write_archive(archive, targets[key])
+    paths = dict(targets)
+    paths["keras"] = export_dir / f"{name}.keras"
+    model.save(paths["keras"])
+    if compact is not None:
+        paths["compact_keras"] = export_dir / f"{name}_compact.keras"
+        compact.save(paths["compact_keras"])
+    return paths
+
+
+def serving_request_examples(
+    images: np.ndarray,
+    name: str = "sfg",
+    version: int | None = None,
+    host: str = "localhost:8501",
+) -> dict[str, dict[str, str]]:
+    """Example TF Serving REST requests (URL and JSON body) for every exported signature.
+
+    The bodies use the columnar `inputs` format, which makes the request's batch explicit (with batch-statistics
+    normalisation, the images of one request are normalised together).
+
+    Args:
+        images: a batch `[N, *spatial, channels]` (e.g. `[N, H, W, C]`), float.
+        name: str. The exported model name. Defaults to `"sfg"`.
+        version: int or None. Pin a version in the URL. Defaults to the latest version.
+        host: str. `host:port` of the REST API. Defaults to `"localhost:8501"`.
+
+    Returns:
+        `{"serving_default": {"url", "body"}, "map": {...}, "compact": {...}}`: the POST URL and JSON body of each
+        request (`compact` targets the `<name>_compact` model).
+
+    Example:
+
+    ```python
+    request = serving_request_examples(np.zeros((2, 8, 8, 3)), name="age_gender")["map"]
+    # curl -X POST request["url"] -d request["body"]
+    # -> {"outputs": {"age_prediction": [[...]], "gender_probabilities": [[...]], "gender_label": [...]}}
+    ```
+    """
+    array = np.asarray(images, dtype="float32")
+    if array.ndim < 3:
+        raise ValueError(
+            f"`images` must be a batch [N, *spatial, channels] (e.g. [N, H, W, C]). Received shape {array.shape}"
+        )
+    suffix = "" if version is None else f"/versions/{int(version)}"
+    instances = array.tolist()
+    requests = {}
+    for key, model_name, signature in (
+        (DEFAULT_SIGNATURE, name, DEFAULT_SIGNATURE),
+        (MAP_SIGNATURE, name, MAP_SIGNATURE),
+        ("compact", f"{name}_compact", DEFAULT_SIGNATURE),
+    ):
+        requests[key] = {
+            "url": f"http://{host}/v1/models/{model_name}{suffix}:predict",
+            "body": json.dumps({"signature_name": signature, "inputs": {INPUT_NAME: instances}}),
+        }
+    return requests

@@ -1,0 +1,232 @@
+"""SavedModel export for TF Serving: signatures, named inputs/outputs, no state mutation, a loader without sfg_keras."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from sfg_keras.export import export_model, serving_request_examples, signature_outputs
+from sfg_keras.inference import map_outputs, mc_predict
+from sfg_keras.models import TaskHead, sfg_small_cnn
+
+TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 3)]
+NUM_SAMPLES = 40
+SIZE = 12
+
+# Runs in a fresh interpreter that never imports sfg_keras: what TF Serving sees.
+LOADER = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+saved_dir, compact_dir, inputs_path, outputs_path, report_path = sys.argv[1:6]
+images = tf.constant(np.load(inputs_path))
+model = tf.saved_model.load(saved_dir)
+variables = list(model.variables)
+before = [v.numpy().copy() for v in variables]
+outputs = {}
+for key, value in model.signatures["map"](images=images).items():
+    outputs["map_first/" + key] = value.numpy()
+for call in range(3):
+    for key, value in model.signatures["serving_default"](images=images).items():
+        outputs[f"mc_{call}/" + key] = value.numpy()
+for key, value in model.signatures["map"](images=images).items():
+    outputs["map_after/" + key] = value.numpy()
+changed = [v.name for v, old in zip(variables, before) if not np.array_equal(v.numpy(), old)]
+
+def op_types(signature):
+    graph_def = signature.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return sorted(types)
+
+compact = tf.saved_model.load(compact_dir)
+for key, value in compact.signatures["serving_default"](images=images).items():
+    outputs["compact/" + key] = value.numpy()
+np.savez(outputs_path, **outputs)
+report = {
+    "num_variables": len(variables),
+    "changed": changed,
+    "map_ops": op_types(model.signatures["map"]),
+    "default_ops": op_types(model.signatures["serving_default"]),
+    "compact_ops": op_types(compact.signatures["serving_default"]),
+    "sfg_keras_imported": any(name.split(".")[0] == "sfg_keras" for name in sys.modules),
+    "tfp_imported": "tensorflow_probability" in sys.modules,
+}
+with open(report_path, "w") as handle:
+    json.dump(report, handle)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(7)
+    model = sfg_small_cnn(TASKS, widths=(8, 8), init_mode="random", seed=11)
+    model.build((None, SIZE, SIZE, 3))
+    rng = np.random.default_rng(0)
+    for variable in model.variables:
+        if variable.path.endswith("beta"):
+            variable.assign(rng.normal(0.0, 0.2, tuple(variable.shape)).astype("float32"))
+    root = tmp_path_factory.mktemp("export")
+    paths = export_model(model, root / "export", name="sfg", version=1, num_samples=NUM_SAMPLES)
+    images = rng.normal(size=(4, SIZE, SIZE, 3)).astype("float32")
+    np.save(root / "images.npy", images)
+    script = root / "load_saved_model.py"
+    script.write_text(LOADER)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(paths["saved_model"]),
+            str(paths["compact_saved_model"]),
+            str(root / "images.npy"),
+            str(root / "outputs.npz"),
+            str(root / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    outputs = dict(np.load(root / "outputs.npz"))
+    report = json.loads((root / "report.json").read_text())
+    return {"model": model, "paths": paths, "images": images, "outputs": outputs, "report": report, "root": root}
+
+
+def test_export_layout(exported):
+    paths = exported["paths"]
+    export_dir = exported["root"] / "export"
+    assert paths["saved_model"] == export_dir / "sfg" / "1"
+    assert paths["compact_saved_model"] == export_dir / "sfg_compact" / "1"
+    for key in ("saved_model", "compact_saved_model"):
+        assert (paths[key] / "saved_model.pb").is_file()
+        assert (paths[key] / "variables").is_dir()
+    assert paths["keras"] == export_dir / "sfg.keras" and paths["keras"].is_file()
+    assert paths["compact_keras"] == export_dir / "sfg_compact.keras" and paths["compact_keras"].is_file()
+    assert not [p.name for p in (export_dir / "sfg").iterdir() if p.name != "1"]  # no staging leftovers
+
+
+def test_loader_did_not_import_sfg_keras(exported):
+    assert exported["report"]["sfg_keras_imported"] is False
+
+
+def test_map_signature_matches_in_process_map_outputs(exported):
+    outputs, model = exported["outputs"], exported["model"]
+    reference = map_outputs(model, exported["images"])
+    np.testing.assert_allclose(outputs["map_first/age_prediction"], reference["age"]["prediction"], atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["map_first/gender_probabilities"], reference["gender"]["probabilities"], atol=1e-5
+    )
+    np.testing.assert_array_equal(outputs["map_first/gender_label"], reference["gender"]["label"])
+
+
+def test_serving_default_is_monte_carlo(exported):
+    outputs = exported["outputs"]
+    n = len(exported["images"])
+    assert outputs["mc_0/age_mean"].shape == (n, 1) and outputs["mc_0/age_std"].shape == (n, 1)
+    assert outputs["mc_0/gender_probabilities"].shape == (n, 3)
+    assert outputs["mc_0/gender_mode"].shape == (n,) and outputs["mc_0/gender_entropy"].shape == (n,)
+    for call in range(3):
+        probabilities = outputs[f"mc_{call}/gender_probabilities"]
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+        assert np.all(outputs[f"mc_{call}/age_std"] >= 0)
+        assert np.all(outputs[f"mc_{call}/gender_entropy"] >= -1e-6)
+        assert np.all(outputs[f"mc_{call}/gender_entropy"] <= np.log(3) + 1e-5)
+        assert set(np.unique(outputs[f"mc_{call}/gender_mode"])) <= {0, 1, 2}
+    # Fresh samples on every request: the seed generator advances.
+    assert not np.array_equal(outputs["mc_0/age_mean"], outputs["mc_1/age_mean"])
+    assert np.any(outputs["mc_0/age_std"] > 0)
+    # The served mean agrees with a long in-process Monte-Carlo run (same batch, hence same batch statistics).
+    reference = mc_predict(exported["model"], exported["images"], num_samples=400, batch_size=n)
+    std = reference["age"]["std"]
+    tolerance = 5.0 * std / np.sqrt(NUM_SAMPLES) + 1e-4
+    assert np.all(np.abs(outputs["mc_0/age_mean"] - reference["age"]["mean"]) <= tolerance)
+    np.testing.assert_allclose(outputs["mc_0/gender_probabilities"], reference["gender"]["probabilities"], atol=0.2)
+
+
+def test_serving_never_mutates_model_state(exported):
+    outputs, report = exported["outputs"], exported["report"]
+    for key in ("age_prediction", "gender_probabilities", "gender_label"):
+        assert np.array_equal(outputs[f"map_first/{key}"], outputs[f"map_after/{key}"])
+    assert report["num_variables"] > 0
+    assert report["changed"] and all("seed_generator" in name for name in report["changed"]), report["changed"]
+    assert not [op for op in report["map_ops"] if op.startswith("Assign")], report["map_ops"]
+    assert not [op for op in report["compact_ops"] if op.startswith("Assign")], report["compact_ops"]
+    assert not [op for op in report["compact_ops"] if "Random" in op]
+
+
+def test_compact_saved_model_matches_map(exported):
+    outputs = exported["outputs"]
+    for key in ("age_prediction", "gender_probabilities"):
+        np.testing.assert_allclose(outputs[f"compact/{key}"], outputs[f"map_first/{key}"], atol=1e-5)
+    np.testing.assert_array_equal(outputs["compact/gender_label"], outputs["map_first/gender_label"])
+    assert {k.split("/", 1)[1] for k in outputs if k.startswith("compact/")} == set(
+        signature_outputs(exported["model"])["map"]
+    )
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    result = subprocess.run(
+        [str(cli), "show", "--dir", str(exported["paths"]["saved_model"]), "--all"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    expected = signature_outputs(exported["model"])
+    for signature in ("serving_default", "map"):
+        block = text.split(f"signature_def['{signature}']:")[1].split("signature_def[")[0]
+        assert "inputs['images']" in block
+        assert f"shape: (-1, {SIZE}, {SIZE}, 3)" in block
+        assert "tensorflow/serving/predict" in block
+        for name in expected[signature]:
+            assert f"outputs['{name}']" in block
+
+
+def test_export_refuses_to_overwrite_a_version(exported):
+    with pytest.raises(FileExistsError, match=r"sfg[/\\]1"):
+        export_model(exported["model"], exported["root"] / "export", name="sfg", version=1)
+
+
+def test_export_argument_errors(exported, tmp_path):
+    model = exported["model"]
+    with pytest.raises(ValueError, match="version"):
+        export_model(model, tmp_path, version=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        export_model(model, tmp_path, num_samples=0)
+    with pytest.raises(ValueError, match="name"):
+        export_model(model, tmp_path, name="a/b")
+    with pytest.raises(ValueError, match="input_shape"):
+        export_model(model, tmp_path, input_shape=(None, 8, 3))
+    with pytest.raises(ValueError, match="known spatial sizes"):
+        export_model(model, tmp_path, input_shape=(None, None, None, 3))
+    with pytest.raises(ValueError, match="SFGNetwork"):
+        export_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_serving_request_examples():
+    images = np.zeros((2, 4, 4, 3), dtype="float32")
+    requests = serving_request_examples(images, name="age_gender", version=3)
+    assert set(requests) == {"serving_default", "map", "compact"}
+    assert requests["map"]["url"] == "http://localhost:8501/v1/models/age_gender/versions/3:predict"
+    assert requests["compact"]["url"] == "http://localhost:8501/v1/models/age_gender_compact/versions/3:predict"
+    body = json.loads(requests["map"]["body"])
+    assert body["signature_name"] == "map"
+    assert np.asarray(body["inputs"]["images"]).shape == (2, 4, 4, 3)
+    assert json.loads(requests["compact"]["body"])["signature_name"] == "serving_default"
+    latest = serving_request_examples(images)["serving_default"]["url"]
+    assert latest == "http://localhost:8501/v1/models/sfg:predict"
+    with pytest.raises(ValueError, match="batch"):
+        serving_request_examples(np.zeros((4, 4)))
