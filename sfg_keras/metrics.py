@@ -8,6 +8,7 @@ from keras import ops
 
 class _MaskedMean(keras.metrics.Metric):
     def __init__(self, name: str, **kwargs):
+        kwargs.pop("dtype", None)  # always float32 (a reloaded config carries it too)
         super().__init__(name=name, dtype="float32", **kwargs)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
@@ -90,6 +91,7 @@ class MeanDice(keras.metrics.Metric):
     """
 
     def __init__(self, num_classes: int, name: str = "dice", **kwargs):
+        kwargs.pop("dtype", None)  # always float32 (a reloaded config carries it too)
         super().__init__(name=name, dtype="float32", **kwargs)
         if num_classes < 2:
             raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
