@@ -214,8 +214,6 @@ class BaseApplication:
         `starting_iter = -1` resumes from the latest checkpoint (same step count, temperature and optimizer
         state); `starting_iter = 0` starts afresh and refuses to overwrite existing checkpoints.
         """
-        from sfg_keras.training.grouping_logger import GroupingLogger
-
         self.configure_runtime()
         training = self.settings.training
         strategy = self.strategy()
@@ -247,6 +245,8 @@ class BaseApplication:
             PeriodicCheckpoint(self.checkpoint_dir, training.save_every_n, training.max_checkpoints),
         ]
         if training.tensorboard_every_n > 0:
+            from sfg_keras.training.grouping_logger import GroupingLogger
+
             callbacks.append(
                 keras.callbacks.TensorBoard(str(self.log_dir), update_freq=int(training.tensorboard_every_n))
             )
@@ -268,6 +268,7 @@ class BaseApplication:
                 validation_data=validation,
                 validation_steps=int(training.validation_max_iter) if validation is not None else None,
                 callbacks=callbacks,
+                shuffle=False,  # the datasets shuffle themselves
                 verbose=1 if os.environ.get("SFG_QUIET") != "1" else 2,
             )
             step = int(model.optimizer.iterations.numpy())
