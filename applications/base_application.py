@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from sfg_keras.config import ConfigError, Settings, TaskSpec
-from sfg_keras.layers import TemperatureSchedule
+from sfg_keras.layers import BatchStatisticsNormalization, TemperatureSchedule
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, SFGNetwork, TaskHead
@@ -141,6 +141,13 @@ class BaseApplication:
                 tf.config.threading.set_inter_op_parallelism_threads(system.num_threads)
             except RuntimeError:
                 pass  # already initialised in this process; the setting only applies before the first op
+        if system.cuda_devices:
+            wanted = {int(i) for i in str(system.cuda_devices).split(",") if i.strip()}
+            gpus = tf.config.list_physical_devices("GPU")
+            try:
+                tf.config.set_visible_devices([g for i, g in enumerate(gpus) if i in wanted], "GPU")
+            except RuntimeError:
+                pass  # devices already initialised in this process: CUDA_VISIBLE_DEVICES must be set before start
         policy = system.mixed_precision
         keras.config.set_dtype_policy("float32" if policy == "none" else policy)
 
@@ -204,6 +211,10 @@ class BaseApplication:
             )
         model = keras.models.load_model(path)
         iteration = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else int(path.stem[6:])
+        # `[NETWORK] batch_norm` decides the inference statistics of this run, whatever the checkpoint was built with.
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, BatchStatisticsNormalization):
+                layer.inference_statistics = self.settings.network.batch_norm
         return model, iteration
 
     # === Actions ===

@@ -151,7 +151,7 @@ def _demo(output: str | None) -> None:
         raise FileNotFoundError(f"Demo config not found: {config} (run the demo from a checkout of sfg-keras).")
     data = REPO_ROOT / "demo_data" / "pelvis"
     if not (data / "MR").is_dir() or not any((data / "MR").iterdir()):
-        generate_data("pelvis", str(data), None, 0, overwrite=True)
+        generate_data("pelvis", str(data), 10, 0, overwrite=True)
     else:
         print(f"[sfg_run] reusing demo data in {data}")
     overrides = ["--starting_iter=-1"]
@@ -185,6 +185,17 @@ def _demo(output: str | None) -> None:
             print("mean over test subjects: " + ", ".join(f"{k}={float(mean[k]):.3f}" for k in keys if mean[k]))
 
 
+def config_markdown() -> str:
+    """Every config section and key (fixed, built-in application and input sections) as Markdown tables."""
+    from applications import BUILT_IN_APPLICATIONS, load_application
+    from sfg_keras.config import dump_schema_markdown
+
+    extra = {}
+    for name in BUILT_IN_APPLICATIONS:
+        extra.update(load_application(name).APP_SECTIONS)
+    return dump_schema_markdown(extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sfg_run` console script. Returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -193,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     try:
         if args.action == "config-help":
-            from sfg_keras.config import dump_schema_markdown
-
-            print(dump_schema_markdown())
+            print(config_markdown())
             return 0
         if args.action in ("generate-data", "demo") and extra:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")

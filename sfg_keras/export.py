@@ -18,9 +18,7 @@
 Serving never changes the model: every signature runs with `training=False`, so no batch-normalisation statistic
 is written; only the seed generators of the SFG layers advance in `serving_default` (fresh samples per request).
 
-The `images` input has a fixed spatial size (the batch size is free): the Monte-Carlo path splits the stacked
-passes with static shapes (`BatchStatisticsNormalization` and `inference._split_passes` reshape with
-`inputs.shape[1:]`), which cannot trace with unknown spatial sizes.
+The `images` input may leave the batch size and, for fully convolutional networks, the spatial sizes free.
 
 Batch statistics: with the default `inference_statistics="batch"` the served prediction of an image depends on the
 other images of its request (they form the batch whose statistics normalise it). Send a request as one batch and
@@ -160,10 +158,9 @@ def export_model(
         input_shape = model_input_shape(model)
     input_shape = (None, *tuple(input_shape)[1:])
     rank = model.sfg_layers[0].rank
-    if len(input_shape) != rank + 2 or any(d is None for d in input_shape[1:]):
-        # Known sizes: the Monte-Carlo signature reshapes with static shapes (see the module docstring).
+    if len(input_shape) != rank + 2 or input_shape[-1] is None:
         raise ValueError(
-            f"`input_shape` must be (batch, {'spatial, ' * rank}channels) with known spatial sizes and channels. "
+            f"`input_shape` must be (batch, {'spatial, ' * rank}channels) with a known number of channels. "
             f"Received: input_shape={input_shape}"
         )
     spec = tf.TensorSpec(input_shape, tf.float32, name=INPUT_NAME)

@@ -15,7 +15,8 @@ the layers' seed generators changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
@@ -25,12 +26,24 @@ from keras import ops
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
 
+# Compiled inference functions per model, reused across calls (tracing a deep network costs seconds). Keyed weakly
+# by the model; the functions reach the model through a weak reference, so a deleted model frees its entry.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: SFGNetwork, key, build: Callable) -> Callable:
+    functions = _COMPILED.setdefault(model, {})
+    if key not in functions:
+        model_ref = weakref.ref(model)
+        functions[key] = tf.function(lambda xb: build(model_ref(), xb), reduce_retracing=True)
+    return functions[key]
+
 
 def _split_passes(outputs: dict, tasks, num_samples: int) -> dict:
     split = {}
     for task in tasks:
         y = ops.cast(outputs[task.name], "float32")
-        split[task.name] = ops.reshape(y, [num_samples, -1] + list(y.shape[1:]))
+        split[task.name] = ops.reshape(y, [num_samples, -1, *ops.shape(y)[1:]])
     return split
 
 
@@ -130,12 +143,9 @@ def mc_predict(
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
-    functions = {}
 
     def chunk_function(n: int):
-        if n not in functions:
-            functions[n] = tf.function(lambda xb: monte_carlo_sums(model, xb, n), reduce_retracing=True)
-        return functions[n]
+        return _compiled(model, ("monte_carlo", n), lambda m, xb: monte_carlo_sums(m, xb, n))
 
     collected: dict[str, dict[str, list]] = {}
     for batch in _batches(x, batch_size):
@@ -187,7 +197,7 @@ def map_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str
     out["gender"]["label"]
     ```
     """
-    function = tf.function(lambda xb: map_outputs(model, xb), reduce_retracing=True)
+    function = _compiled(model, "map", map_outputs)
     collected: dict[str, dict[str, list]] = {}
     for batch in _batches(x, batch_size):
         for task, values in function(tf.convert_to_tensor(batch)).items():

@@ -209,8 +209,8 @@ def test_export_argument_errors(exported, tmp_path):
         export_model(model, tmp_path, name="a/b")
     with pytest.raises(ValueError, match="input_shape"):
         export_model(model, tmp_path, input_shape=(None, 8, 3))
-    with pytest.raises(ValueError, match="known spatial sizes"):
-        export_model(model, tmp_path, input_shape=(None, None, None, 3))
+    with pytest.raises(ValueError, match="known number of channels"):
+        export_model(model, tmp_path, input_shape=(None, 8, 8, None))
     with pytest.raises(ValueError, match="SFGNetwork"):
         export_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path)
     assert not list(tmp_path.iterdir())

@@ -367,12 +367,12 @@ SYSTEM_SCHEMA = section_schema(
             choices=("none", "mixed_float16", "mixed_bfloat16"),
         ),
         K("jit_compile", "bool", False, "Compile the training and prediction steps with XLA."),
-        K("cuda_devices", "str", "", "Value given to CUDA_VISIBLE_DEVICES (empty = leave it unchanged)."),
+        K("cuda_devices", "str", "", "Comma-separated indices of the GPUs to use, e.g. 0,1 (empty = every visible GPU)."),
     ],
     "SYSTEM",
 )
 
-BUILT_IN_NETWORKS = ("sfg_vgg11", "sfg_highresnet", "sfg_tiny")
+BUILT_IN_NETWORKS = ("sfg_vgg11", "sfg_highresnet", "sfg_small_cnn")
 
 NETWORK_SCHEMA = section_schema(
     [
@@ -380,7 +380,7 @@ NETWORK_SCHEMA = section_schema(
             "name",
             "str",
             "sfg_vgg11",
-            "Network: sfg_vgg11, sfg_highresnet, sfg_tiny, or a dotted path to a builder callable.",
+            "Network: sfg_vgg11, sfg_highresnet, sfg_small_cnn, or a dotted path to a builder callable.",
         ),
         K(
             "width_multiplier",

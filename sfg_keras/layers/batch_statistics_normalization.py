@@ -58,7 +58,7 @@ class BatchStatisticsNormalization(keras.layers.BatchNormalization):
             if axis == 0:
                 raise ValueError("Monte-Carlo slices need a batch axis other than the channel axis. Received axis=0.")
             # [N * B, ...] -> [N, B, ...]: every pass is normalised with its own batch's moments.
-            x = ops.reshape(x, [num_samples, -1] + list(inputs.shape[1:]))
+            x = ops.reshape(x, [num_samples, -1, *ops.shape(inputs)[1:]])  # dynamic sizes allowed
             reduction_axes = [i + 1 for i in reduction_axes]
             axis += 1
         mean, variance = ops.moments(x, axes=reduction_axes, keepdims=True)
