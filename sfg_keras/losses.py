@@ -61,7 +61,9 @@ class RMSE(_MaskedLoss):
 
     def call(self, y_true, y_pred):
         diff, valid = _regression_terms(y_true, y_pred)
-        return ops.sqrt(_safe_mean(ops.square(diff), valid) + 1e-12)
+        # The epsilon keeps the gradient finite at zero error; `any_valid` makes an all-missing batch exactly 0.
+        any_valid = ops.cast(ops.any(valid), "float32")
+        return any_valid * ops.sqrt(_safe_mean(ops.square(diff), valid) + 1e-12)
 
 
 @keras.saving.register_keras_serializable(package="sfg")

@@ -74,7 +74,9 @@ def run(args, env=None, check=True, timeout=600):
     environment.update(env or {})
     result = subprocess.run([SFG_RUN, *args], capture_output=True, text=True, env=environment, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"sfg_run {args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"sfg_run {args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

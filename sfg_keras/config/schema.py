@@ -367,7 +367,7 @@ SYSTEM_SCHEMA = section_schema(
             choices=("none", "mixed_float16", "mixed_bfloat16"),
         ),
         K("jit_compile", "bool", False, "Compile the training and prediction steps with XLA."),
-        K("cuda_devices", "str", "", "Comma-separated indices of the GPUs to use, e.g. 0,1 (empty = every visible GPU)."),
+        K("cuda_devices", "str", "", "Indices of the GPUs to use, e.g. 0,1 (empty = every visible GPU)."),
     ],
     "SYSTEM",
 )

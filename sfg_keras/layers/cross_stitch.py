@@ -14,10 +14,11 @@ class CrossStitch(keras.layers.Layer):
     """Learned per-channel linear mixing of `N` task streams: `out_t = sum_u alpha[t, u, c] * x_u`.
 
     The unit takes `N` tensors. Without `channel_groups` they must have the same shape and channel `c` of every
-    stream is mixed with channel `c` of the others. With `channel_groups` (one list of channel indices per stream,
-    all of equal length) the streams are `K`-channel tensors that are non-zero only on their own channels, as
-    produced by an `SFGConv` with a fixed single-task assignment: the `i`-th own channel of every stream is mixed,
-    and the result is written back to each stream's own channels (the rest stay zero). Extra list entries (e.g. the
+    stream is mixed with channel `c` of the others. With `channel_groups` (one non-empty list of channel indices per
+    stream) the streams are `K`-channel tensors that are non-zero only on their own channels, as produced by an
+    `SFGConv` with a fixed single-task assignment: the `i`-th own channel of every stream is mixed (a stream with
+    fewer own channels, e.g. when `K` is not a multiple of `N`, contributes zero beyond its last one), and the
+    result is written back to each stream's own channels (the rest stay zero). Extra list entries (e.g. the
     shared stream of an SFG network, usually `None`) are passed through unchanged when `num_streams` is smaller
     than the list.
 
@@ -48,9 +49,9 @@ class CrossStitch(keras.layers.Layer):
             raise ValueError(f"`self_weight` must be in [0, 1]. Received: self_weight={self_weight!r}")
         if channel_groups is not None:
             channel_groups = [[int(c) for c in group] for group in channel_groups]
-            if len(channel_groups) != num_streams or len({len(g) for g in channel_groups}) != 1:
+            if len(channel_groups) != num_streams or min(len(g) for g in channel_groups) == 0:
                 raise ValueError(
-                    f"`channel_groups` needs {num_streams} lists of equal length. "
+                    f"`channel_groups` needs {num_streams} non-empty lists of channel indices. "
                     f"Received lengths {[len(g) for g in channel_groups]}"
                 )
         self.num_streams = num_streams
@@ -66,12 +67,21 @@ class CrossStitch(keras.layers.Layer):
                 raise ValueError(f"{self.name}: streams must have the same shape. Received {shapes}")
             channels = shapes[0][-1]
         else:
-            channels = len(self.channel_groups[0])
-            self._scatter = []
+            width = shapes[0][-1]
+            channels = max(len(group) for group in self.channel_groups)
+            self._gather, self._scatter, self._blocks = [], [], []
             for group in self.channel_groups:
-                scatter = np.full(shapes[0][-1], channels, dtype="int32")
-                scatter[np.asarray(group)] = np.arange(channels, dtype="int32")
+                # Own channels first, then the appended zero channel (index `width`) up to `channels` entries.
+                gather = np.full(channels, width, dtype="int32")
+                gather[: len(group)] = group
+                scatter = np.full(width, channels, dtype="int32")
+                scatter[np.asarray(group)] = np.arange(len(group), dtype="int32")
+                self._gather.append(gather)
                 self._scatter.append(scatter)
+                # Consecutive own channels (the usual block split) are sliced and padded instead of gathered.
+                consecutive = list(group) == list(range(group[0], group[0] + len(group)))
+                self._blocks.append((group[0], group[0] + len(group)) if consecutive else None)
+            self._width = width
         n = self.num_streams
         other = (1.0 - self.self_weight) / (n - 1)
         init = np.full((n, n, channels), other, dtype="float32")
@@ -81,19 +91,36 @@ class CrossStitch(keras.layers.Layer):
         )
         self.built = True
 
+    def _own_channels(self, x, index: int):
+        block, channels = self._blocks[index], self.alpha.shape[-1]
+        if block is None:
+            return ops.take(ops.concatenate([x, ops.zeros_like(x[..., :1])], axis=-1), self._gather[index], axis=-1)
+        own = x[..., block[0] : block[1]]
+        if block[1] - block[0] == channels:
+            return own
+        return ops.pad(own, [[0, 0]] * (len(x.shape) - 1) + [[0, channels - (block[1] - block[0])]])
+
+    def _place(self, y, index: int):
+        block = self._blocks[index]
+        if block is None:
+            return ops.take(ops.concatenate([y, ops.zeros_like(y[..., :1])], axis=-1), self._scatter[index], axis=-1)
+        own = y[..., : block[1] - block[0]]
+        return ops.pad(own, [[0, 0]] * (len(y.shape) - 1) + [[block[0], self._width - block[1]]])
+
     def call(self, inputs):
         streams = list(inputs[: self.num_streams])
         if self.channel_groups is not None:
-            streams = [ops.take(x, group, axis=-1) for x, group in zip(streams, self.channel_groups)]
-        stacked = ops.stack(streams, axis=0)  # [n, B, ..., C]
-        alpha = ops.cast(self.alpha, stacked.dtype)
-        mixed = ops.einsum("tuc,u...c->t...c", alpha, stacked)
-        outputs = [mixed[t] for t in range(self.num_streams)]
+            streams = [self._own_channels(x, i) for i, x in enumerate(streams)]
+        alpha = ops.cast(self.alpha, streams[0].dtype)
+        # out_t = sum_u alpha[t, u] * x_u, per channel (element-wise: much cheaper than an einsum on TF/CPU)
+        outputs = []
+        for t in range(self.num_streams):
+            mixed = alpha[t, 0] * streams[0]
+            for u in range(1, self.num_streams):
+                mixed = mixed + alpha[t, u] * streams[u]
+            outputs.append(mixed)
         if self.channel_groups is not None:
-            outputs = [
-                ops.take(ops.concatenate([y, ops.zeros_like(y[..., :1])], axis=-1), scatter, axis=-1)
-                for y, scatter in zip(outputs, self._scatter)
-            ]
+            outputs = [self._place(y, i) for i, y in enumerate(outputs)]
         return outputs + list(inputs[self.num_streams :])
 
     def compute_output_spec(self, inputs):

@@ -50,8 +50,10 @@ def validate_p0(p0: Sequence[float], num_tasks: int, name: str = "p_init") -> np
 def block_assignment(filters: int, proportions: Sequence[float]) -> np.ndarray:
     """Splits `filters` kernels into consecutive blocks, one per group, in the given proportions.
 
-    Each group gets `floor(proportion * filters)` kernels; the rounding remainder goes to the largest proportion
-    (the convention of the original constant-mask baseline). Group order is `(task_1, ..., task_T, shared)`.
+    Each group gets `floor(proportion * filters)` kernels; the rounding remainder is handed out one kernel per
+    group, largest fractional part first (ties go to the larger proportion, then to the earlier group), so equal
+    proportions give counts that differ by at most one and a zero proportion never gets a kernel. Group order is
+    `(task_1, ..., task_T, shared)`.
 
     Args:
         filters: int. Number of kernels.
@@ -64,12 +66,17 @@ def block_assignment(filters: int, proportions: Sequence[float]) -> np.ndarray:
 
     >>> block_assignment(8, [0.25, 0.25, 0.5]).tolist()
     [0, 0, 1, 1, 2, 2, 2, 2]
+    >>> block_assignment(8, [1 / 3, 1 / 3, 1 / 3]).tolist()
+    [0, 0, 0, 1, 1, 1, 2, 2]
     """
     props = np.asarray(proportions, dtype="float64")
     if props.ndim != 1 or np.any(props < 0) or abs(props.sum() - 1.0) > 1e-6:
         raise ValueError(f"`proportions` must be non-negative and sum to 1. Received: {list(proportions)}")
-    counts = np.floor(props * filters + 1e-9).astype(int)
-    counts[int(np.argmax(props))] += filters - counts.sum()
+    exact = props * filters
+    counts = np.floor(exact + 1e-9).astype(int)
+    fractions = np.round(exact - counts, 9)
+    order = sorted(range(len(props)), key=lambda g: (-fractions[g], -props[g], g))
+    counts[order[: filters - counts.sum()]] += 1
     return np.repeat(np.arange(len(props), dtype="int32"), counts)
 
 

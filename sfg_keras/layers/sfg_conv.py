@@ -194,6 +194,7 @@ class SFGConv(keras.layers.Layer):
         # Per-group conv-output channel indices (fixed mode) and scatter maps back to `filters` channels.
         self._group_channels = {}
         self._scatter_index = {}
+        self._group_block = {}  # (start, stop) when a group's kernels are consecutive: slice and pad, no gathers
         if self.is_fixed:
             assignment = np.asarray(self.fixed_assignment)
             for g in self.active_groups:
@@ -201,6 +202,8 @@ class SFGConv(keras.layers.Layer):
                 scatter = np.full(filters, len(channels), dtype="int32")
                 scatter[channels] = np.arange(len(channels), dtype="int32")
                 self._group_channels[g], self._scatter_index[g] = channels, scatter
+                start, stop = int(channels[0]), int(channels[-1]) + 1
+                self._group_block[g] = (start, stop) if stop - start == len(channels) else None
         self.group_norms = []
         self.group_activations = []
         self.merge_projections = []
@@ -406,11 +409,20 @@ class SFGConv(keras.layers.Layer):
         outputs = [None] * self.num_groups
         if self.is_fixed:
             for i, g in enumerate(self.active_groups):
-                kernel = ops.take(self.kernel, self._group_channels[g], axis=-1)
+                block = self._group_block[g]
+                if block is None:
+                    kernel = ops.take(self.kernel, self._group_channels[g], axis=-1)
+                else:
+                    kernel = self.kernel[..., block[0] : block[1]]
                 y = self._convolve(group_inputs[g], kernel)
                 y = self.group_activations[i](self.group_norms[i](y, training=training))
-                padded = ops.concatenate([y, ops.zeros_like(y[..., :1])], axis=-1)
-                outputs[g] = ops.take(padded, self._scatter_index[g], axis=-1)
+                if block is None:
+                    padded = ops.concatenate([y, ops.zeros_like(y[..., :1])], axis=-1)
+                    outputs[g] = ops.take(padded, self._scatter_index[g], axis=-1)
+                elif block[1] - block[0] == self.filters:
+                    outputs[g] = y  # the group holds every kernel (hard sharing): nothing to place
+                else:
+                    outputs[g] = ops.pad(y, [[0, 0]] * (self.rank + 1) + [[block[0], self.filters - block[1]]])
             return outputs
         first = next(iter(group_inputs.values()))
         batch_size = ops.shape(first)[0]

@@ -58,6 +58,7 @@ class _TrunkBuilder:
             "entropy_weight": lambda2,
             "temperature": tau0,
         }
+        self.p0 = p0
         self.seed = seed
         self.trunk: list[keras.layers.Layer] = []
         self.count = 0
@@ -65,7 +66,7 @@ class _TrunkBuilder:
     def sfg(self, filters: int, kernel_size: int = 3, p0=None, **kwargs) -> None:
         self.count += 1
         seed = None if self.seed is None else self.seed + self.count
-        options = sfg_conv_options(self.grouping, filters, self.num_tasks, p0)
+        options = sfg_conv_options(self.grouping, filters, self.num_tasks, self.p0 if p0 is None else p0)
         layer_kwargs = {**self.common, **options, **kwargs}
         if "fixed_assignment" in options:
             layer_kwargs.pop("init_mode")
