@@ -93,8 +93,9 @@ def test_map_assignment_and_counts():
     counts = map_counts(P_SMALL)
     np.testing.assert_array_equal(counts, [2, 0, 2])
     assert counts.dtype.kind == "i"
-    # A tie goes to the first column (a task before shared).
-    np.testing.assert_array_equal(map_assignment([[0.5, 0.0, 0.5]]), [0])
+    # A tie goes to the last column (shared before a task), as in SFGConv.map_assignment.
+    np.testing.assert_array_equal(map_assignment([[0.5, 0.0, 0.5]]), [2])
+    np.testing.assert_array_equal(map_assignment([[1 / 3, 1 / 3, 1 / 3]]), [2])
 
 
 def test_kernel_entropies_in_nats():

@@ -163,7 +163,7 @@ def group_shares(p: Any) -> np.ndarray:
 def map_assignment(p: Any) -> np.ndarray:
     """Maximum-a-posteriori group of every kernel (argmax over the columns).
 
-    Ties go to the lowest column index, i.e. a task before `shared`.
+    Ties go to the highest column index, i.e. `shared` before a task (as `SFGConv.map_assignment`).
 
     Args:
         p: grouping probabilities `[K, T + 1]`.
@@ -177,7 +177,7 @@ def map_assignment(p: Any) -> np.ndarray:
     [0, 2]
     """
     array = validate_probabilities(p)
-    return np.argmax(array, axis=1).astype(np.int64)
+    return (array.shape[1] - 1 - np.argmax(array[:, ::-1], axis=1)).astype(np.int64)  # ties: later group
 
 
 def map_counts(p: Any) -> np.ndarray:
@@ -195,7 +195,7 @@ def map_counts(p: Any) -> np.ndarray:
     [1, 0, 2]
     """
     array = validate_probabilities(p)
-    return np.bincount(np.argmax(array, axis=1), minlength=array.shape[1]).astype(np.int64)
+    return np.bincount(map_assignment(array), minlength=array.shape[1]).astype(np.int64)
 
 
 def kernel_entropies(p: Any) -> np.ndarray:

@@ -318,8 +318,13 @@ class SFGConv(keras.layers.Layer):
         return np.asarray(ops.convert_to_numpy(self.probabilities()), dtype="float64")
 
     def map_assignment(self) -> np.ndarray:
-        """The MAP group of every kernel (`argmax p`), numpy int `[filters]`."""
-        return np.argmax(self.grouping_probabilities(), axis=-1)
+        """The MAP group of every kernel (`argmax p`), numpy int `[filters]`.
+
+        Ties go to the later group, so a kernel whose shared probability ties the maximum is shared (the uniform
+        `p` of the constant-p baseline gives the hard-sharing architecture).
+        """
+        p = self.grouping_probabilities()
+        return self.num_groups - 1 - np.argmax(p[:, ::-1], axis=-1)
 
     def entropy(self):
         """Sum over kernels of the entropy `H(p)` (nats), a float32 scalar tensor."""
@@ -353,8 +358,9 @@ class SFGConv(keras.layers.Layer):
     def _assignment(self, batch_size, stochastic: bool):
         """Float32 assignment `[batch or 1, filters, T + 1]`: sampled, or the MAP one-hot."""
         probs = self.probabilities()
-        if not stochastic:
-            return ops.one_hot(ops.argmax(probs, axis=-1), self.num_groups)[None]
+        if not stochastic:  # MAP; ties go to the later group (see `map_assignment`)
+            groups = self.num_groups - 1 - ops.argmax(ops.flip(probs, axis=-1), axis=-1)
+            return ops.one_hot(groups, self.num_groups)[None]
         num_samples = current_num_samples()
         sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
         distribution = tfp.distributions.RelaxedOneHotCategorical(

@@ -173,8 +173,8 @@ class SFGNetwork(keras.Model):
         }
 
     def map_assignments(self) -> dict[str, np.ndarray]:
-        """Per SFG layer the MAP group index of every kernel (`argmax p`)."""
-        return {name: np.argmax(p, axis=-1) for name, p in self.grouping_probabilities().items()}
+        """Per SFG layer the MAP group index of every kernel (`argmax p`, ties to the later group)."""
+        return {layer.name: layer.map_assignment() for layer in self.sfg_layers}
 
     def map_counts(self) -> dict[str, dict[str, int]]:
         """Per SFG layer the number of kernels whose MAP group is each group, keyed by group name."""

@@ -1,0 +1,82 @@
+"""tf.distribute: `MirroredStrategy` over two logical CPUs (in a subprocess: devices must be set before TF starts)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import keras
+    import numpy as np
+
+    from sfg_keras.layers import TemperatureSchedule
+    from sfg_keras.losses import RMSE, CrossEntropy
+    from sfg_keras.models import TaskHead, sfg_small_cnn
+
+    keras.utils.set_random_seed(0)
+    schedule = TemperatureSchedule(tau0=1.0, decay_rate=0.1, tau_min=0.1)
+    tasks = [TaskHead("a", "regression", 1), TaskHead("b", "classification", 2)]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 1)).astype("float32")
+    y = {"a": rng.normal(size=(32, 1)).astype("float32"), "b": rng.integers(0, 2, 32)}
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = sfg_small_cnn(tasks, widths=(4, 4), seed=0, temperature_schedule=schedule)
+        model.build((8, 8, 8, 1))
+        model.compile(keras.optimizers.Adam(0.05), loss={"a": RMSE(), "b": CrossEntropy()})
+    p0 = {k: v.tolist() for k, v in model.grouping_probabilities().items()}
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    predicted = model.predict(x, batch_size=8, verbose=0)
+    print("RESULT " + json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "temperatures": [float(layer.temperature.numpy()) for layer in model.sfg_layers],
+        "expected_temperature": schedule.value(3),
+        "loss": history.history["loss"],
+        "p0": p0,
+        "p": {k: v.tolist() for k, v in model.grouping_probabilities().items()},
+        "shapes": {k: list(v.shape) for k, v in predicted.items()},
+        "finite": bool(all(np.all(np.isfinite(v)) for v in predicted.values())),
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_fit_on_two_logical_cpus(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=_ROOT
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["replicas"] == 2
+    assert result["iterations"] == 4
+    for value in result["temperatures"]:  # set at every step, last at step 3
+        assert value == pytest.approx(result["expected_temperature"], rel=1e-6)
+    assert result["expected_temperature"] < 0.75
+    assert all(v == v for v in result["loss"])  # not NaN
+    assert result["shapes"] == {"a": [32, 1], "b": [32, 2]}
+    assert result["finite"]
+    assert any(p != result["p0"][name] for name, p in result["p"].items())  # p trained across replicas
