@@ -390,3 +390,22 @@ def test_network_errors():
         SFGNetwork(trunk=[SFGConv(4, 3)], heads=_TASKS[2], head_layers=[keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="segmentation"):
         sfg_vgg11([TaskHead("a", "segmentation", 2), TaskHead("b", "regression", 1)])
+
+
+def test_constant_mask_with_fewer_kernels_than_groups_runs():
+    """A layer narrower than T + 1 leaves a group empty; the next layer's group then convolves zeros."""
+    import numpy as _np
+
+    from sfg_keras.models import TaskHead as _TaskHead
+    from sfg_keras.models import sfg_vgg11 as _sfg_vgg11
+
+    model = _sfg_vgg11(
+        [_TaskHead("a", "regression", 1), _TaskHead("b", "classification", 2)],
+        width_multiplier=0.03,
+        grouping="constant_mask",
+    )
+    model.build((None, 32, 32, 3))
+    assert model.sfg_layers[0].filters == 2 and model.sfg_layers[0].active_groups == [0, 1]
+    outputs = model(_np.ones((2, 32, 32, 3), "float32"), training=True)
+    assert outputs["a"].shape == (2, 1) and outputs["b"].shape == (2, 2)
+    assert _np.all(_np.isfinite(outputs["b"]))

@@ -406,12 +406,13 @@ class SFGConv(keras.layers.Layer):
             }
         else:
             group_inputs = {g: inputs for g in self.active_groups}
-        for g, x in group_inputs.items():
-            if x is None:
-                raise ValueError(
-                    f"{self.name}: group {self._group_name(g)} has kernels but receives no input stream "
-                    "(its task stream and the shared stream are both None)."
-                )
+        if any(x is None for x in group_inputs.values()):
+            # A group with kernels whose task and shared inputs are both empty (a narrow fixed-assignment layer
+            # before it left them without kernels) convolves zeros, exactly what the dense formulation computes.
+            present = [x for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs]) if x is not None]
+            if not present:
+                raise ValueError(f"{self.name}: every input stream is None.")
+            group_inputs = {g: ops.zeros_like(present[0]) if x is None else x for g, x in group_inputs.items()}
         outputs = [None] * self.num_groups
         if self.is_fixed:
             for i, g in enumerate(self.active_groups):
