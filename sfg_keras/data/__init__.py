@@ -10,7 +10,7 @@ from sfg_keras.data import HistogramStandardisation, make_or_load_split
 ```
 """
 
-import importlib
+from sfg_keras._lazy_exports import lazy_exports
 
 _EXPORTS = {
     "make_or_load_split": "split",
@@ -32,14 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,7 +19,7 @@ parse_utkface_name("26_1_2_20170116174525125.jpg.chip.jpg")  # (26, 1, 2)
 ```
 """
 
-import importlib
+from sfg_keras._lazy_exports import lazy_exports
 
 _EXPORTS = {
     "make_pelvis_cohort": "pelvis",
@@ -38,14 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
