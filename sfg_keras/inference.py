@@ -1,4 +1,15 @@
-"""Monte-Carlo and MAP prediction for SFG networks.
+"""Monte-Carlo, MAP and expected-network prediction for SFG networks.
+
+Three inference modes:
+
+* `mc` (`mc_predict`, the paper): `N` sampled architectures, aggregated (below). Use it when you want
+  uncertainty (standard deviation, predictive entropy) or to reproduce the paper.
+* `map` (`map_predict`): the MAP architecture, `argmax p` per kernel, one pass; what the compact export computes.
+  Use it once `p` is near one-hot (the paper's converged models) or for deployment without sampling.
+* `expected` (`expected_predict`): the expected network, each kernel weighted by its expected assignment (`p`, or
+  the mean relaxed sample for `hard=False`), one pass. It is the network training averages over, so it tracks
+  the Monte-Carlo mean without its cost; use it while `p` is still far from one-hot (short runs, the `fast`
+  recipe's soft samples), where the MAP network was never trained as such.
 
 Stochastic inference draws a fresh architecture for every pass; `N` passes are aggregated per task:
 
@@ -175,7 +186,21 @@ def map_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
 
     Returns `{task: {"prediction"}}` for regression and `{task: {"probabilities", "label"}}` otherwise.
     """
-    with sampling_scope(stochastic=False):
+    return _deterministic_outputs(model, x, "map")
+
+
+def expected_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
+    """Deterministic prediction with the expected network, graph-compatible.
+
+    Every SFG layer weights each group's output by the kernel's expected assignment (`p` for straight-through hard
+    sampling, the mean relaxed sample for `hard=False`): the network that training averages over, so its
+    predictions track the Monte-Carlo mean at the cost of one pass. Same schema as `map_outputs`.
+    """
+    return _deterministic_outputs(model, x, "expected")
+
+
+def _deterministic_outputs(model: SFGNetwork, x, mode: str) -> dict[str, dict[str, tf.Tensor]]:
+    with sampling_scope(stochastic=False, deterministic=mode):
         outputs = model(x, training=False, stochastic=False)
     results = {}
     for task in model.tasks:
@@ -197,7 +222,43 @@ def map_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str
     out["gender"]["label"]
     ```
     """
-    function = _compiled(model, "map", map_outputs)
+    return _deterministic_predict(model, x, batch_size, "map")
+
+
+def expected_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
+    """`expected_outputs` over numpy input or a dataset, batch by batch, returned as numpy arrays.
+
+    Use it instead of `map_predict` while `p` is far from one-hot (early in training, or with a soft recipe): the
+    MAP architecture is then a network that was never trained, the expected network is the one training averaged.
+
+    Example:
+
+    ```python
+    out = expected_predict(model, images)
+    out["age"]["prediction"]
+    ```
+    """
+    return _deterministic_predict(model, x, batch_size, "expected")
+
+
+def deterministic_predict(
+    model: SFGNetwork, x, mode: str = "map", batch_size: int = 8
+) -> dict[str, dict[str, np.ndarray]]:
+    """`map_predict` (`mode="map"`) or `expected_predict` (`mode="expected"`).
+
+    Example:
+
+    ```python
+    out = deterministic_predict(model, images, mode=settings.inference.inference_mode)
+    ```
+    """
+    if mode not in ("map", "expected"):
+        raise ValueError(f"`mode` must be 'map' or 'expected'. Received: mode={mode!r}")
+    return _deterministic_predict(model, x, batch_size, mode)
+
+
+def _deterministic_predict(model: SFGNetwork, x, batch_size: int, mode: str) -> dict[str, dict[str, np.ndarray]]:
+    function = _compiled(model, mode, map_outputs if mode == "map" else expected_outputs)
     collected: dict[str, dict[str, list]] = {}
     for batch in _batches(x, batch_size):
         for task, values in function(tf.convert_to_tensor(batch)).items():

@@ -157,7 +157,8 @@ def test_hard_sharing_vgg11_has_plain_vgg11_parameter_count(num_tasks):
     assert kernels == sum(int(np.prod(layer.kernel.shape)) for layer in model.sfg_layers)
     logits = sum(layer.filters * (num_tasks + 1) for layer in learned.sfg_layers)
     per_group = sum(layer.filters * 5 for layer in learned.sfg_layers) * num_tasks  # gamma, beta, mean, var, alpha
-    assert learned.count_params() == model.count_params() + logits + per_group
+    noise = len(learned.sfg_layers)  # one non-trainable sampling-noise weight per learned SFG layer
+    assert learned.count_params() == model.count_params() + logits + per_group + noise
 
 
 def test_learned_default_p0_and_custom_p0():

@@ -469,7 +469,7 @@ class SFGConvLayerTest(testing.TestCase):
             input_shape=(4, 5, 5, 3),
             expected_output_shape=[(4, 5, 5, 4)] * 3,
             expected_num_trainable_weights=2 + 3 * 3,  # kernel, logits; per group gamma, beta, PReLU alpha
-            expected_num_non_trainable_weights=1 + 3 * 2,  # temperature; per group moving mean and variance
+            expected_num_non_trainable_weights=2 + 3 * 2,  # temperature, sampling noise; per group BN moving stats
             expected_num_seed_generators=1,
             expected_num_losses=2,  # L2 and entropy
             run_training_check=False,  # Keras' harness cannot fit a list-output layer

@@ -7,7 +7,10 @@ Keras forwards `training` through nested layers, but not custom call arguments. 
   whose `call` only accepts `training`);
 * `num_samples`: how many Monte-Carlo passes are stacked along the batch axis. Batch-statistics normalisation then
   normalises each pass's slice separately (so it sees exactly the batch it would see in a sequential pass), and
-  `per_batch` sampling draws one assignment per pass.
+  `per_batch` sampling draws one assignment per pass;
+* `deterministic`: which deterministic network a non-sampling pass computes: `"map"` (the MAP architecture,
+  `argmax p` per kernel) or `"expected"` (the expected network: every kernel weighted by its expected assignment,
+  `p` for straight-through hard sampling, the mean relaxed sample for soft sampling).
 
 The scope is read when a function is traced: wrap the *tracing* call (e.g. inside the `tf.function` that
 `sfg_keras.inference.mc_predict` builds), not a cached Keras `predict`.
@@ -21,10 +24,17 @@ from collections.abc import Iterator
 
 _STATE = threading.local()
 
+DETERMINISTIC_MODES = ("map", "expected")
+
 
 def current_stochastic() -> bool | None:
     """Returns the `stochastic` flag of the innermost `sampling_scope`, or None outside any scope."""
     return getattr(_STATE, "stochastic", None)
+
+
+def current_deterministic() -> str:
+    """Returns the deterministic mode of the innermost `sampling_scope`: `"map"` (default) or `"expected"`."""
+    return getattr(_STATE, "deterministic", "map")
 
 
 def current_num_samples() -> int:
@@ -33,7 +43,9 @@ def current_num_samples() -> int:
 
 
 @contextlib.contextmanager
-def sampling_scope(stochastic: bool | None = None, num_samples: int = 1) -> Iterator[None]:
+def sampling_scope(
+    stochastic: bool | None = None, num_samples: int = 1, deterministic: str = "map"
+) -> Iterator[None]:
     """Sets how SFG layers sample inside the `with` block.
 
     Args:
@@ -41,19 +53,31 @@ def sampling_scope(stochastic: bool | None = None, num_samples: int = 1) -> Iter
             the MAP architecture; `None` leaves the layers' default (sample only when training).
         num_samples: int. Number of equal slices the batch axis holds (Monte-Carlo passes stacked with
             `ops.tile`-like repetition of the whole batch). Defaults to 1.
+        deterministic: str. What a pass that does not sample computes: `"map"` (the MAP architecture) or
+            `"expected"` (the expected network). Defaults to `"map"`.
 
     Example:
 
     ```python
     with sampling_scope(stochastic=True):
         y = functional_model(x, training=False)  # a fresh architecture per example
+    with sampling_scope(stochastic=False, deterministic="expected"):
+        y = functional_model(x, training=False)  # the expected network (mask = p)
     ```
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
-    previous = (getattr(_STATE, "stochastic", None), getattr(_STATE, "num_samples", 1))
-    _STATE.stochastic, _STATE.num_samples = stochastic, num_samples
+    if deterministic not in DETERMINISTIC_MODES:
+        raise ValueError(
+            f"`deterministic` must be one of {DETERMINISTIC_MODES}. Received: deterministic={deterministic!r}"
+        )
+    previous = (
+        getattr(_STATE, "stochastic", None),
+        getattr(_STATE, "num_samples", 1),
+        getattr(_STATE, "deterministic", "map"),
+    )
+    _STATE.stochastic, _STATE.num_samples, _STATE.deterministic = stochastic, num_samples, deterministic
     try:
         yield
     finally:
-        _STATE.stochastic, _STATE.num_samples = previous
+        _STATE.stochastic, _STATE.num_samples, _STATE.deterministic = previous

@@ -12,7 +12,7 @@ from keras import ops
 
 from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization
 from sfg_keras.layers.grouping import INIT_MODES, default_p0, initial_probabilities, inverse_softplus, validate_p0
-from sfg_keras.layers.sampling_scope import current_num_samples, current_stochastic
+from sfg_keras.layers.sampling_scope import current_deterministic, current_num_samples, current_stochastic
 
 _SAMPLING = ("per_example", "per_batch")
 _MERGE = ("sum", "concat")
@@ -53,7 +53,14 @@ class SFGConv(keras.layers.Layer):
 
     Inference: with `training=False` the layer uses the MAP architecture (`argmax p` per kernel) unless
     `stochastic=True` (or an enclosing `sampling_scope(stochastic=True)`), which samples without touching any batch
-    normalisation state.
+    normalisation state. Inside `sampling_scope(deterministic="expected")` a non-sampling pass computes the expected
+    network instead: each group's output weighted by the kernel's expected assignment (`p` with `hard=True`, the
+    mean relaxed sample at the current temperature with `hard=False`), i.e. the network that training averages over.
+
+    Step size of the grouping logits: `grouping_lr_multiplier = m` multiplies the step the compiled optimizer takes
+    on the logits by `m`, whatever the optimizer. The layer stores `v = r / m` and computes `r = m * v` with the
+    gradient of `r` passed to `v` unchanged, so the optimizer computes the update it would compute for `r` and `r`
+    moves `m` times as far (a gradient multiplier would not work: Adam normalises gradient scale away).
 
     Regularisation (paper eq. 5) goes through Keras' loss collection: `kernel_l2 * ||W||^2` (as a weight
     regulariser) and `-entropy_weight * sum_kernels H(p)` (an `add_loss` term, only when `p` is learned).
@@ -75,6 +82,8 @@ class SFGConv(keras.layers.Layer):
         init_mode: str. `"constant"`, `"random"` (Dirichlet(1, ..., 1) per kernel) or `"vertex"`. Defaults to
             `"constant"`.
         learn_p: bool. Whether the grouping logits are trainable. Defaults to True.
+        grouping_lr_multiplier: float. Multiplier of the optimizer's step on the grouping logits (their learning rate
+            relative to the weights'). Defaults to 1.0.
         fixed_assignment: sequence of `filters` ints in `[0, T]` or None. A fixed group per kernel (no sampling).
         hard: bool. Straight-through hard samples (True) or relaxed soft weights (False). Defaults to True.
         sampling: str. `"per_example"` (a fresh architecture per data point, paper eq. 3) or `"per_batch"` (one
@@ -117,6 +126,7 @@ class SFGConv(keras.layers.Layer):
         p_init: Sequence[float] | None = None,
         init_mode: str = "constant",
         learn_p: bool = True,
+        grouping_lr_multiplier: float = 1.0,
         fixed_assignment: Sequence[int] | None = None,
         hard: bool = True,
         sampling: str = "per_example",
@@ -147,6 +157,10 @@ class SFGConv(keras.layers.Layer):
             raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
         if merge not in _MERGE:
             raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
+        if not grouping_lr_multiplier > 0:
+            raise ValueError(
+                f"`grouping_lr_multiplier` must be > 0. Received: grouping_lr_multiplier={grouping_lr_multiplier!r}"
+            )
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
         self.filters = filters
@@ -160,6 +174,7 @@ class SFGConv(keras.layers.Layer):
         self.p_init = [float(v) for v in validate_p0(default_p0(num_tasks) if p_init is None else p_init, num_tasks)]
         self.init_mode = init_mode
         self.learn_p = bool(learn_p)
+        self.grouping_lr_multiplier = float(grouping_lr_multiplier)
         if fixed_assignment is not None:
             assignment = np.asarray(fixed_assignment)
             if (
@@ -215,6 +230,18 @@ class SFGConv(keras.layers.Layer):
             trainable=False,
             autocast=False,
         )
+        # Weight of the sampled assignment in the training mask, `mask = s * z + (1 - s) * E[z]`: 1 is the paper's
+        # sampling; a warm-up (`TemperatureSchedule(sampling_warmup=...)`) ramps it from 0 (the expected network).
+        # A fixed assignment never samples and has none.
+        self.sampling_noise = None
+        if not self.is_fixed:
+            self.sampling_noise = self.add_weight(
+                name="sampling_noise",
+                shape=(),
+                initializer=keras.initializers.Constant(1.0),
+                trainable=False,
+                autocast=False,
+            )
 
     # === Properties ===
 
@@ -265,7 +292,9 @@ class SFGConv(keras.layers.Layer):
             self.grouping_logits = self.add_weight(
                 name="grouping_logits",
                 shape=(self.filters, self.num_groups),
-                initializer=keras.initializers.Constant(inverse_softplus(probs).astype("float32")),
+                initializer=keras.initializers.Constant(
+                    (inverse_softplus(probs) / self.grouping_lr_multiplier).astype("float32")
+                ),
                 trainable=self.learn_p,
                 autocast=False,
             )
@@ -306,11 +335,26 @@ class SFGConv(keras.layers.Layer):
 
     # === Grouping probabilities ===
 
+    def logits(self):
+        """The grouping logits `r` as a float32 tensor `[filters, T + 1]` (`p = softplus(r) / sum softplus(r)`).
+
+        The variable `grouping_logits` stores `r / grouping_lr_multiplier`; the multiplication passes the gradient
+        of `r` through unchanged, so the optimizer's step on `r` is `grouping_lr_multiplier` times its usual step.
+        """
+        stored = ops.cast(self.grouping_logits, "float32")
+        if self.grouping_lr_multiplier == 1.0:
+            return stored
+        return stored + (self.grouping_lr_multiplier - 1.0) * ops.stop_gradient(stored)
+
+    def set_logits(self, logits) -> None:
+        """Assigns the grouping logits `r` (`[filters, T + 1]`), honouring `grouping_lr_multiplier`."""
+        self.grouping_logits.assign(ops.cast(logits, "float32") / self.grouping_lr_multiplier)
+
     def probabilities(self):
         """Grouping probabilities `p` as a float32 tensor `[filters, T + 1]` (one-hot for a fixed assignment)."""
         if self.is_fixed:
             return ops.one_hot(ops.convert_to_tensor(self.fixed_assignment, "int32"), self.num_groups)
-        positive = ops.softplus(ops.cast(self.grouping_logits, "float32"))
+        positive = ops.softplus(self.logits())
         return positive / ops.sum(positive, axis=-1, keepdims=True)
 
     def grouping_probabilities(self) -> np.ndarray:
@@ -345,6 +389,12 @@ class SFGConv(keras.layers.Layer):
         """Assigns the Gumbel-softmax temperature (a float or a scalar tensor)."""
         self.temperature.assign(ops.cast(value, "float32"))
 
+    def set_sampling_noise(self, value) -> None:
+        """Assigns the weight `s` of the sampled assignment in the training mask `s * z + (1 - s) * E[z]` (a fixed
+        assignment has no sampling: nothing to set)."""
+        if self.sampling_noise is not None:
+            self.sampling_noise.assign(ops.cast(value, "float32"))
+
     # === Forward ===
 
     def _next_seed(self):
@@ -355,12 +405,42 @@ class SFGConv(keras.layers.Layer):
             seed = seed + ops.stack([0, ops.cast(context.replica_id_in_sync_group, "int32")])
         return seed
 
-    def _assignment(self, batch_size, stochastic: bool):
-        """Float32 assignment `[batch or 1, filters, T + 1]`: sampled, or the MAP one-hot."""
+    def expected_assignment(self, num_draws: int = 256):
+        """The expected assignment `E[z]` as a float32 tensor `[filters, T + 1]` (the expected network's mask).
+
+        With `hard=True` the forward pass uses one-hot samples whose frequencies are `p`, so `E[z] = p`. With
+        `hard=False` it is the mean of `num_draws` relaxed samples at the current temperature, drawn with a fixed
+        seed so that the expected network is deterministic.
+        """
         probs = self.probabilities()
-        if not stochastic:  # MAP; ties go to the later group (see `map_assignment`)
+        if self.hard or self.is_fixed:
+            return probs
+        distribution = tfp.distributions.RelaxedOneHotCategorical(
+            temperature=ops.cast(self.temperature, "float32"), probs=probs
+        )
+        return ops.mean(distribution.sample([num_draws], seed=ops.convert_to_tensor([20191027, 2], "int32")), axis=0)
+
+    def _assignment(self, batch_size, stochastic: bool, training: bool = False):
+        """Float32 assignment `[batch or 1, filters, T + 1]`: sampled, the MAP one-hot or the expected one.
+
+        In training, the sample is blended with the expected assignment by the `sampling_noise` weight `s`
+        (`s = 1`, the default, is the sample itself).
+        """
+        assignment = self._sampled_or_deterministic(batch_size, stochastic)
+        if not (training and stochastic):
+            return assignment
+        noise = ops.cast(self.sampling_noise, "float32")
+        return noise * assignment + (1.0 - noise) * self.expected_assignment()[None]
+
+    def _sampled_or_deterministic(self, batch_size, stochastic: bool):
+        if not stochastic:
+            if current_deterministic() == "expected":
+                return self.expected_assignment()[None]
+            # MAP; ties go to the later group (see `map_assignment`)
+            probs = self.probabilities()
             groups = self.num_groups - 1 - ops.argmax(ops.flip(probs, axis=-1), axis=-1)
             return ops.one_hot(groups, self.num_groups)[None]
+        probs = self.probabilities()
         num_samples = current_num_samples()
         sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
         distribution = tfp.distributions.RelaxedOneHotCategorical(
@@ -433,7 +513,7 @@ class SFGConv(keras.layers.Layer):
             return outputs
         first = next(iter(group_inputs.values()))
         batch_size = ops.shape(first)[0]
-        assignment = self._assignment(batch_size, stochastic)
+        assignment = self._assignment(batch_size, stochastic, training=bool(training))
         mask_shape = [-1] + [1] * self.rank + [self.filters]
         convolved = {}
         for i, g in enumerate(self.active_groups):
@@ -493,6 +573,7 @@ class SFGConv(keras.layers.Layer):
             "p_init": self.p_init,
             "init_mode": self.init_mode,
             "learn_p": self.learn_p,
+            "grouping_lr_multiplier": self.grouping_lr_multiplier,
             "fixed_assignment": self.fixed_assignment,
             "hard": self.hard,
             "sampling": self.sampling,

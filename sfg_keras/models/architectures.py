@@ -42,6 +42,7 @@ class _TrunkBuilder:
         lambda2: float,
         tau0: float,
         seed: int | None,
+        grouping_lr_multiplier: float = 1.0,
     ):
         check_grouping(grouping, num_tasks)
         self.num_tasks, self.grouping, self.rank = num_tasks, grouping, rank
@@ -57,6 +58,7 @@ class _TrunkBuilder:
             "kernel_l2": lambda1,
             "entropy_weight": lambda2,
             "temperature": tau0,
+            "grouping_lr_multiplier": grouping_lr_multiplier,
         }
         self.p0 = p0
         self.seed = seed
@@ -70,6 +72,7 @@ class _TrunkBuilder:
         layer_kwargs = {**self.common, **options, **kwargs}
         if "fixed_assignment" in options:
             layer_kwargs.pop("init_mode")
+            layer_kwargs.pop("grouping_lr_multiplier")
         self.trunk.append(SFGConv(filters, kernel_size, seed=seed, name=f"sfg_conv_{self.count}", **layer_kwargs))
         if self.grouping == "cross_stitch":
             blocks = single_task_assignment(filters, self.num_tasks)
@@ -106,6 +109,7 @@ def _builder_args(locals_: dict, num_tasks: int) -> dict:
         "lambda1",
         "lambda2",
         "seed",
+        "grouping_lr_multiplier",
     )
     args = {k: locals_[k] for k in keys}
     schedule = locals_["temperature_schedule"] or TemperatureSchedule()
@@ -131,6 +135,7 @@ def sfg_vgg11(
     lambda2: float = 1e-5,
     temperature_schedule: TemperatureSchedule | None = None,
     seed: int | None = None,
+    grouping_lr_multiplier: float = 1.0,
     rank: int = 2,
     name: str = "sfg_vgg11",
 ) -> SFGNetwork:
@@ -149,6 +154,7 @@ def sfg_vgg11(
         lambda2: float. Entropy weight. Defaults to 1e-5.
         temperature_schedule: `TemperatureSchedule`. Defaults to `TemperatureSchedule()` (1.0, 1e-5, 0.1).
         seed: int or None. Base seed of the SFG layers' sampling.
+        grouping_lr_multiplier: float. Step-size multiplier of the grouping logits (see `SFGConv`). Defaults to 1.
         rank: int. 2 (images) or 3 (volumes).
         name: str. Model name.
 
@@ -186,6 +192,7 @@ def sfg_highresnet(
     lambda2: float = 1e-5,
     temperature_schedule: TemperatureSchedule | None = None,
     seed: int | None = None,
+    grouping_lr_multiplier: float = 1.0,
     rank: int = 2,
     name: str = "sfg_highresnet",
 ) -> SFGNetwork:
@@ -242,6 +249,7 @@ def sfg_small_cnn(
     lambda2: float = 1e-5,
     temperature_schedule: TemperatureSchedule | None = None,
     seed: int | None = None,
+    grouping_lr_multiplier: float = 1.0,
     rank: int = 2,
     name: str = "sfg_small_cnn",
 ) -> SFGNetwork:
