@@ -41,7 +41,7 @@ from sfg_keras.config import ConfigError, KeySpec, SectionSettings, TaskSpec
 from sfg_keras.data import make_or_load_split, random_scale_rotate, subsample_training
 from sfg_keras.data.generators import parse_utkface_name
 from sfg_keras.evaluation import write_metrics_csv
-from sfg_keras.inference import map_predict, mc_predict
+from sfg_keras.inference import deterministic_predict, mc_predict
 from sfg_keras.io import InputSection, match_section
 from sfg_keras.models import SFGNetwork
 
@@ -775,7 +775,7 @@ class AgeGenderApplication(BaseApplication):
         Columns: `subject`; per regression task `<task>_mean`, `<task>_std` in the original unit (times
         `target_scale`); per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy`
         (nats). `[INFERENCE] inference_mode = mc` aggregates `num_samples` sampled architectures, `map` uses the
-        MAP architecture (std 0, mode = argmax).
+        MAP architecture and `expected` the expected network (both: std 0, mode = argmax).
 
         Example:
 
@@ -791,7 +791,7 @@ class AgeGenderApplication(BaseApplication):
         if inference.inference_mode == "mc":
             outputs = mc_predict(model, batches, num_samples=int(inference.num_samples))
         else:
-            outputs = self._map_outputs(model, batches)
+            outputs = self._deterministic_outputs(model, batches, inference.inference_mode)
         header = ["subject"]
         columns: list[np.ndarray] = []
         for task in self.tasks:
@@ -820,8 +820,10 @@ class AgeGenderApplication(BaseApplication):
         return [path]
 
     @staticmethod
-    def _map_outputs(model: SFGNetwork, batches: tf.data.Dataset) -> dict[str, dict[str, np.ndarray]]:
-        outputs = map_predict(model, batches)
+    def _deterministic_outputs(
+        model: SFGNetwork, batches: tf.data.Dataset, mode: str
+    ) -> dict[str, dict[str, np.ndarray]]:
+        outputs = deterministic_predict(model, batches, mode)
         results = {}
         for task in model.tasks:
             values = outputs[task.name]

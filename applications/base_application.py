@@ -25,6 +25,7 @@ from sfg_keras.layers import BatchStatisticsNormalization, TemperatureSchedule
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, SFGNetwork, TaskHead
+from sfg_keras.recipes import temperature_decay_rate
 from sfg_keras.training.checkpoints import PeriodicCheckpoint, find_checkpoint
 
 
@@ -168,8 +169,16 @@ class BaseApplication:
             inference_statistics=network.batch_norm,
             lambda1=sfg.lambda1,
             lambda2=sfg.lambda2,
-            temperature_schedule=TemperatureSchedule(sfg.tau0, sfg.tau_decay, sfg.tau_min),
+            temperature_schedule=TemperatureSchedule(
+                sfg.tau0,
+                temperature_decay_rate(
+                    sfg.tau0, sfg.tau_min, sfg.tau_decay, sfg.tau_decay_until, int(self.settings.training.max_iter)
+                ),
+                sfg.tau_min,
+                sampling_warmup=int(round(sfg.sampling_warmup * int(self.settings.training.max_iter))),
+            ),
             seed=int(self.settings.system.seed),
+            grouping_lr_multiplier=sfg.grouping_lr_multiplier,
         )
         model.build((None, *self.input_shape()))
         return model

@@ -50,7 +50,7 @@ from sfg_keras.data import (
 )
 from sfg_keras.data.intensity import CT_SCALE
 from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr, write_metrics_csv
-from sfg_keras.inference import map_predict, mc_predict
+from sfg_keras.inference import deterministic_predict, mc_predict
 from sfg_keras.io import InputSection, NiftiVolume, check_same_geometry, load_nifti, match_subjects, save_nifti
 
 SECTION = "MR_CT"
@@ -566,7 +566,7 @@ class MRCTApplication(BaseApplication):
                 samples_per_pass=self._samples_per_pass(min(batch_size, len(batch)), size),
             )
         else:
-            raw = map_predict(model, batch, batch_size=batch_size)
+            raw = deterministic_predict(model, batch, inference.inference_mode, batch_size=batch_size)
         original = slices.shape[1:3]
         results = {}
         for task in self.tasks:

@@ -19,6 +19,7 @@ from sfg_keras.config.errors import ConfigError
 ORIGIN_FILE = "file"
 ORIGIN_COMMAND_LINE = "command line"
 ORIGIN_DEFAULT = "default"
+ORIGIN_RECIPE = "recipe"
 
 SECTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 # configparser copies the keys of its "default section" into every section; a name nobody can write turns that off.

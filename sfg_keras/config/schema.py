@@ -561,8 +561,9 @@ INFERENCE_SCHEMA = section_schema(
             "inference_mode",
             "choice",
             "mc",
-            "Monte-Carlo sampled architectures (mc) or the deterministic MAP architecture (map).",
-            choices=("mc", "map"),
+            "Monte-Carlo sampled architectures (mc), the deterministic MAP architecture (map), or the deterministic "
+            "expected network that training averages over (expected).",
+            choices=("mc", "map", "expected"),
         ),
         K(
             "dataset_to_infer",
@@ -647,8 +648,19 @@ MULTITASK_SCHEMA = section_schema(
 
 GROUPINGS = ("learned", "constant_p", "constant_mask", "hard_sharing", "single_task", "cross_stitch")
 
+RECIPES = ("paper", "fast")
+
 SFG_SCHEMA = section_schema(
     [
+        K(
+            "recipe",
+            "choice",
+            "paper",
+            "Training recipe whose values fill every [SFG] key not set in the file or on the command line: paper "
+            "(the supplement's exact setup) or fast (chosen by measurement to converge in a few thousand steps; "
+            "see BENCHMARKS.md).",
+            choices=RECIPES,
+        ),
         K(
             "grouping",
             "choice",
@@ -687,9 +699,35 @@ SFG_SCHEMA = section_schema(
             "How a task stream is merged with the shared stream: sum, or concat and 1x1 conv.",
             choices=("sum", "concat"),
         ),
+        K(
+            "grouping_lr_multiplier",
+            "float",
+            1.0,
+            "Step size of the grouping logits relative to the weights' (multiplies the optimiser's step, any "
+            "optimiser).",
+            minimum=0,
+            exclusive_minimum=True,
+        ),
         K("tau0", "float", 1.0, "Initial Gumbel-softmax temperature.", minimum=0, exclusive_minimum=True),
         K("tau_decay", "float", 1e-5, "Rate r of the temperature schedule tau0 * exp(-r * step).", minimum=0),
+        K(
+            "tau_decay_until",
+            "float",
+            0.0,
+            "Fraction of [TRAINING] max_iter at which tau reaches tau_min (replaces tau_decay; 0 = use tau_decay).",
+            minimum=0,
+            maximum=1,
+        ),
         K("tau_min", "float", 0.1, "Lowest temperature of the schedule.", minimum=0, exclusive_minimum=True),
+        K(
+            "sampling_warmup",
+            "float",
+            0.0,
+            "Fraction of [TRAINING] max_iter over which the training mask ramps from the expected network to full "
+            "sampling (0 = sample from the first step, the paper).",
+            minimum=0,
+            maximum=1,
+        ),
         K("lambda1", "float", 1e-6, "Weight of the L2 penalty on the convolution kernels.", minimum=0),
         K("lambda2", "float", 1e-5, "Weight of the entropy bonus on the grouping probabilities.", minimum=0),
     ],

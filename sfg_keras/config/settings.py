@@ -13,12 +13,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sfg_keras.config.errors import closest_match
-from sfg_keras.config.parser import ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_FILE
+from sfg_keras.config.parser import ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_FILE, ORIGIN_RECIPE
 from sfg_keras.config.schema import FIXED_SECTION_SCHEMAS, KeySpec
 
 ACTIONS = ("train", "inference", "evaluation", "export", "analyse")
 ORIGIN_CODE = "code"
-ORIGINS = (ORIGIN_FILE, ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_CODE)
+ORIGINS = (ORIGIN_FILE, ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_RECIPE, ORIGIN_CODE)
 
 
 class SectionSettings:
@@ -30,7 +30,8 @@ class SectionSettings:
     Args:
         name: the section's name, e.g. `"TRAINING"` or `"MR"`.
         values: `{key: value}` for every key of the section.
-        origins: `{key: "file" | "command line" | "default" | "code"}`; missing keys count as `"default"`.
+        origins: `{key: "file" | "command line" | "default" | "recipe" | "code"}`; missing keys count as
+            `"default"`.
         schema: `{key: KeySpec}` used to write values back as text; inferred as strings when `None`.
 
     Example:
@@ -262,15 +263,19 @@ class MultitaskSettings(SectionSettings):
 class SFGSettings(SectionSettings):
     """`[SFG]`: grouping mode or baseline, initial probabilities, sampling and temperature (`schema.SFG_SCHEMA`)."""
 
+    recipe: str
     grouping: str
     p0: tuple[float, ...]
     init: str
     hard: bool
     sampling: str
     merge: str
+    grouping_lr_multiplier: float
     tau0: float
     tau_decay: float
+    tau_decay_until: float
     tau_min: float
+    sampling_warmup: float
     lambda1: float
     lambda2: float
 

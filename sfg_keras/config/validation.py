@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from sfg_keras.config.errors import ConfigError, closest_match
-from sfg_keras.config.parser import ORIGIN_DEFAULT
+from sfg_keras.config.parser import ORIGIN_DEFAULT, ORIGIN_RECIPE
 from sfg_keras.config.schema import (
     BUILT_IN_NETWORKS,
     DEFAULT_LOSS_BY_TASK_TYPE,
     LOSSES_BY_TASK_TYPE,
     KeySpec,
 )
+from sfg_keras.recipes import recipe_values
 
 SPECIAL_LABEL_SOURCES = ("filename", "csv:<column>")
 DEFAULT_SHARED_PROBABILITY = 0.6
@@ -247,8 +248,17 @@ def default_p0(num_tasks: int) -> tuple[float, ...]:
     return tuple(task_share for _ in range(num_tasks)) + (DEFAULT_SHARED_PROBABILITY,)
 
 
+def _apply_recipe(sfg: SectionValues, num_tasks: int) -> None:
+    """Fills every `[SFG]` key that the file and the command line left at its default from `[SFG] recipe`."""
+    for key, value in recipe_values(sfg.values["recipe"], num_tasks).items():
+        if sfg.origins.get(key, ORIGIN_DEFAULT) == ORIGIN_DEFAULT and (key != "p0" or not sfg.values["p0"]):
+            sfg.values[key] = value
+            sfg.origins[key] = ORIGIN_RECIPE
+
+
 def _validate_sfg(sfg: SectionValues, tasks: list[str]) -> None:
     order = ", ".join([*tasks, "shared"])
+    _apply_recipe(sfg, len(tasks))
     p0 = sfg.values["p0"]
     if not p0:
         sfg.set_default("p0", default_p0(len(tasks)))
