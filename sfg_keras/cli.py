@@ -176,6 +176,7 @@ def _demo(output: str | None) -> None:
     print(f"evaluation tables: {settings.evaluation.save_csv_dir}")
     print(f"grouping plots: {model_dir / 'analysis'}")
     print(f"SavedModels for TensorFlow Serving: {model_dir / 'export'}")
+    _print_share_changes(model_dir / "analysis" / "grouping_summary.csv", settings)
     if summary.is_file():
         with open(summary, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -183,6 +184,26 @@ def _demo(output: str | None) -> None:
         if mean:
             keys = [k for k in mean if k.startswith(("mae", "psnr", "dice", "reference"))]
             print("mean over test subjects: " + ", ".join(f"{k}={float(mean[k]):.3f}" for k in keys if mean[k]))
+
+
+def _print_share_changes(summary_csv: Path, settings) -> None:
+    """Prints, per SFG layer, the group whose share of kernels moved most from its initial probability `p0`."""
+    import csv
+
+    if not summary_csv.is_file():
+        return
+    groups = [task.name for task in settings.task_specs()] + ["shared"]
+    p0 = dict(zip(groups, settings.sfg.p0))
+    with open(summary_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    changes = []
+    for row in rows:
+        moved = {g: float(row[f"share_{g}"]) - p0[g] for g in groups if f"share_{g}" in row}
+        if moved:
+            group = max(moved, key=lambda g: abs(moved[g]))
+            changes.append(f"{row['layer']} {group} {p0[group]:.2f} -> {p0[group] + moved[group]:.2f}")
+    if changes:
+        print("learned grouping, largest share change from p0 per layer: " + "; ".join(changes))
 
 
 def config_markdown() -> str:

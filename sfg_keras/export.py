@@ -3,13 +3,14 @@
 `export_model` writes, under `export_dir`:
 
 * `<name>/<version>/`: a SavedModel (the layout TF Serving's `--model_base_path` expects) with one input `images`
-  (`[None, *spatial, channels]`, float32) and two signatures:
+  (`[None, *spatial, channels]`, float32) and three signatures:
 
   * `serving_default`: the Monte-Carlo aggregated prediction (`sfg_keras.inference.monte_carlo_outputs` with
     `num_samples` fixed at export): `<task>_mean` and `<task>_std` for regression tasks, `<task>_probabilities`,
     `<task>_mode` and `<task>_entropy` for classification and segmentation tasks;
   * `map`: the deterministic MAP architecture (`sfg_keras.inference.map_outputs`): `<task>_prediction` for
     regression, `<task>_probabilities` and `<task>_label` otherwise;
+  * `expected`: the deterministic expected network (`sfg_keras.inference.expected_outputs`), outputs as `map`;
 
 * `<name>.keras`: the model itself (`model.save`; the latest export overwrites it);
 * with `include_compact`: `<name>_compact/<version>/`, the compact MAP model (`sfg_keras.compact`) as a SavedModel
@@ -39,11 +40,12 @@ import tensorflow as tf
 from keras import ops
 
 from sfg_keras.compact import compact_map_model, model_input_shape
-from sfg_keras.inference import map_outputs, monte_carlo_outputs
+from sfg_keras.inference import expected_outputs, map_outputs, monte_carlo_outputs
 from sfg_keras.models.sfg_network import SFGNetwork
 
 INPUT_NAME = "images"
 MAP_SIGNATURE = "map"
+EXPECTED_SIGNATURE = "expected"
 DEFAULT_SIGNATURE = "serving_default"
 
 
@@ -71,7 +73,8 @@ def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
     ```python
     signature_outputs(model)
     # {"serving_default": ["age_mean", "age_std", "gender_probabilities", "gender_mode", "gender_entropy"],
-    #  "map": ["age_prediction", "gender_probabilities", "gender_label"]}
+    #  "map": ["age_prediction", "gender_probabilities", "gender_label"],
+    #  "expected": ["age_prediction", "gender_probabilities", "gender_label"]}
     ```
     """
     default, deterministic = [], []
@@ -82,7 +85,7 @@ def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
         else:
             default += [f"{task.name}_mean", f"{task.name}_std"]
             deterministic += [f"{task.name}_prediction"]
-    return {DEFAULT_SIGNATURE: default, MAP_SIGNATURE: deterministic}
+    return {DEFAULT_SIGNATURE: default, MAP_SIGNATURE: deterministic, EXPECTED_SIGNATURE: list(deterministic)}
 
 
 def _write_archive(archive: keras.export.ExportArchive, target: Path) -> None:
@@ -171,11 +174,15 @@ def export_model(
     def map_signature(images):
         return _flatten(map_outputs(model, images))
 
+    def expected_signature(images):
+        return _flatten(expected_outputs(model, images))
+
     # Everything is translated and traced before the first file is written, so a failure leaves no version behind.
     archives = {"saved_model": keras.export.ExportArchive()}
     archives["saved_model"].track(model)
     archives["saved_model"].add_endpoint(DEFAULT_SIGNATURE, monte_carlo_signature, input_signature=[spec])
     archives["saved_model"].add_endpoint(MAP_SIGNATURE, map_signature, input_signature=[spec])
+    archives["saved_model"].add_endpoint(EXPECTED_SIGNATURE, expected_signature, input_signature=[spec])
     compact = None
     if include_compact:
         compact = compact_map_model(model, input_shape)
@@ -237,6 +244,7 @@ def serving_request_examples(
     for key, model_name, signature in (
         (DEFAULT_SIGNATURE, name, DEFAULT_SIGNATURE),
         (MAP_SIGNATURE, name, MAP_SIGNATURE),
+        (EXPECTED_SIGNATURE, name, EXPECTED_SIGNATURE),
         ("compact", f"{name}_compact", DEFAULT_SIGNATURE),
     ):
         requests[key] = {

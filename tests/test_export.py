@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sfg_keras.export import export_model, serving_request_examples, signature_outputs
-from sfg_keras.inference import map_outputs, mc_predict
+from sfg_keras.inference import expected_predict, map_outputs, mc_predict
 from sfg_keras.models import TaskHead, sfg_small_cnn
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 3)]
@@ -37,6 +37,8 @@ for call in range(3):
         outputs[f"mc_{call}/" + key] = value.numpy()
 for key, value in model.signatures["map"](images=images).items():
     outputs["map_after/" + key] = value.numpy()
+for key, value in model.signatures["expected"](images=images).items():
+    outputs["expected/" + key] = value.numpy()
 changed = [v.name for v, old in zip(variables, before) if not np.array_equal(v.numpy(), old)]
 
 def op_types(signature):
@@ -163,6 +165,14 @@ def test_serving_never_mutates_model_state(exported):
     assert not [op for op in report["compact_ops"] if "Random" in op]
 
 
+def test_expected_signature_matches_expected_predict(exported):
+    outputs = exported["outputs"]
+    local = expected_predict(exported["model"], exported["images"], batch_size=4)
+    np.testing.assert_allclose(outputs["expected/age_prediction"], local["age"]["prediction"], atol=1e-5)
+    np.testing.assert_allclose(outputs["expected/gender_probabilities"], local["gender"]["probabilities"], atol=1e-5)
+    assert not np.allclose(outputs["expected/age_prediction"], outputs["map_first/age_prediction"], atol=1e-4)
+
+
 def test_compact_saved_model_matches_map(exported):
     outputs = exported["outputs"]
     for key in ("age_prediction", "gender_probabilities"):
@@ -185,7 +195,7 @@ def test_saved_model_cli_lists_signatures(exported):
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     expected = signature_outputs(exported["model"])
-    for signature in ("serving_default", "map"):
+    for signature in ("serving_default", "map", "expected"):
         block = text.split(f"signature_def['{signature}']:")[1].split("signature_def[")[0]
         assert "inputs['images']" in block
         assert f"shape: (-1, {SIZE}, {SIZE}, 3)" in block
@@ -219,7 +229,8 @@ def test_export_argument_errors(exported, tmp_path):
 def test_serving_request_examples():
     images = np.zeros((2, 4, 4, 3), dtype="float32")
     requests = serving_request_examples(images, name="age_gender", version=3)
-    assert set(requests) == {"serving_default", "map", "compact"}
+    assert set(requests) == {"serving_default", "map", "expected", "compact"}
+    assert json.loads(requests["expected"]["body"])["signature_name"] == "expected"
     assert requests["map"]["url"] == "http://localhost:8501/v1/models/age_gender/versions/3:predict"
     assert requests["compact"]["url"] == "http://localhost:8501/v1/models/age_gender_compact/versions/3:predict"
     body = json.loads(requests["map"]["body"])
