@@ -10,6 +10,28 @@ from sfg_keras.layers.sampling_scope import current_num_samples
 _INFERENCE_STATISTICS = ("batch", "moving")
 
 
+def batch_moments(x, num_samples: int = 1):
+    """Per-channel mean and variance of a channels-last batch, broadcastable against `x`.
+
+    With `num_samples > 1` the batch axis holds `num_samples` stacked Monte-Carlo passes and each pass gets the
+    moments of its own slice (as `BatchStatisticsNormalization` normalises them at inference).
+
+    Example:
+
+    ```python
+    mean, variance = batch_moments(x)            # shapes [1, 1, 1, C] for x [B, H, W, C]
+    mean, variance = batch_moments(x, 4)         # shapes [B, 1, 1, C], constant within each quarter of the batch
+    ```
+    """
+    rank = len(x.shape)
+    if num_samples == 1:
+        return ops.moments(x, axes=list(range(rank - 1)), keepdims=True)
+    stacked = ops.reshape(x, [num_samples, -1, *ops.shape(x)[1:]])
+    mean, variance = ops.moments(stacked, axes=list(range(1, rank)), keepdims=True)
+    per_example = ops.shape(x)[0] // num_samples
+    return tuple(ops.repeat(ops.squeeze(m, axis=1), per_example, axis=0) for m in (mean, variance))
+
+
 @keras.saving.register_keras_serializable(package="sfg")
 class BatchStatisticsNormalization(keras.layers.BatchNormalization):
     """`BatchNormalization` whose inference mode normalises with the batch's own statistics.

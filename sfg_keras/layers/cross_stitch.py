@@ -123,6 +123,44 @@ class CrossStitch(keras.layers.Layer):
             outputs = [self._place(y, i) for i, y in enumerate(outputs)]
         return outputs + list(inputs[self.num_streams :])
 
+    def packable(self, input_assignment) -> bool:
+        """Whether the unit can mix packed streams (see `call_packed`) whose channels belong to `input_assignment`:
+        its channel groups are the consecutive blocks of streams `0..num_streams-1` and no other stream exists."""
+        if self.channel_groups is None or input_assignment is None:
+            return False
+        expected = np.concatenate([np.full(len(g), i) for i, g in enumerate(self.channel_groups)])
+        blocks = all(b is not None for b in self._blocks) and [b[0] for b in self._blocks] == sorted(
+            b[0] for b in self._blocks
+        )
+        return blocks and np.array_equal(np.asarray(input_assignment), expected)
+
+    def call_packed(self, inputs):
+        """The unit on packed streams: the `num_streams` blocks side by side in one tensor (`SFGConv.call_packed`).
+
+        Equal to `call` on the dense streams, without their zero channels. With blocks of equal width `w` the mix
+        is `sum_u coeff_u * roll(x, u * w)` (block `t` of the `u`-th roll is stream `t - u`), a few full-width
+        element-wise operations."""
+        widths = {stop - start for start, stop in self._blocks}
+        if len(widths) == 1:
+            n = self.num_streams
+            alpha = ops.cast(self.alpha, inputs.dtype)
+            mixed = None
+            for u in range(n):
+                coeff = ops.concatenate([alpha[t, (t - u) % n] for t in range(n)], axis=0)
+                shifted = inputs if u == 0 else ops.roll(inputs, shift=u * self.alpha.shape[-1], axis=-1)
+                mixed = shifted * coeff if mixed is None else mixed + shifted * coeff
+            return mixed
+        streams = [self._own_channels(inputs, i) for i in range(self.num_streams)]
+        alpha = ops.cast(self.alpha, streams[0].dtype)
+        parts = []
+        for t in range(self.num_streams):
+            mixed = alpha[t, 0] * streams[0]
+            for u in range(1, self.num_streams):
+                mixed = mixed + alpha[t, u] * streams[u]
+            start, stop = self._blocks[t]
+            parts.append(mixed[..., : stop - start])
+        return ops.concatenate(parts, axis=-1)
+
     def compute_output_spec(self, inputs):
         return [None if x is None else keras.KerasTensor(x.shape, dtype=self.compute_dtype) for x in inputs]
 

@@ -65,6 +65,17 @@ class PerStream(keras.layers.Layer):
             outputs[slot] = layer(inputs[slot], training=training)
         return outputs
 
+    @property
+    def packable(self) -> bool:
+        """Whether the wrapped layer has no weights, so it can transform packed streams in one call."""
+        return self.built and bool(self.stream_layers) and not any(layer.weights for layer in self.stream_layers)
+
+    def call_packed(self, inputs, training=None):
+        """Applies the (weightless) wrapped layer once to packed streams (see `SFGConv.call_packed`)."""
+        if not self.packable:
+            raise ValueError(f"{self.name}: only a built PerStream of a weightless layer can run on packed streams.")
+        return self.stream_layers[0](inputs, training=training)
+
     def compute_output_spec(self, inputs, training=None):
         template = keras.saving.deserialize_keras_object(self._template_config)
         return [None if x is None else template.compute_output_spec(x) for x in inputs]

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from keras import ops
 
-from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization
+from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization, batch_moments
 from sfg_keras.layers.grouping import INIT_MODES, default_p0, initial_probabilities, inverse_softplus, validate_p0
 from sfg_keras.layers.sampling_scope import current_deterministic, current_num_samples, current_stochastic
 
@@ -25,6 +25,11 @@ def _as_tuple(value, rank: int, name: str) -> tuple[int, ...]:
     if len(value) != rank:
         raise ValueError(f"`{name}` must be an int or a tuple of {rank} ints. Received: {name}={value}")
     return value
+
+
+def _side_by_side(tensors, axis):
+    """`ops.concatenate`, without a copy for a single tensor."""
+    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis=axis)
 
 
 def _is_single_shape(shape) -> bool:
@@ -527,6 +532,99 @@ class SFGConv(keras.layers.Layer):
         if self.learns_p and self.entropy_weight > 0:
             self.add_loss(self.entropy_penalty())
         return outputs
+
+    # === Packed execution of a fixed assignment ===
+
+    @property
+    def packable(self) -> bool:
+        """Whether the layer can run on packed streams (`call_packed`): a fixed assignment whose groups are
+        consecutive blocks in group order (every built-in baseline) and `merge="sum"`."""
+        if not self.is_fixed or self.merge != "sum":
+            return False
+        return bool(np.all(np.diff(np.asarray(self.fixed_assignment)) >= 0))
+
+    def call_packed(self, inputs, input_assignment=None, training=None):
+        """The layer on packed streams: one tensor holding every group's channels side by side.
+
+        With a fixed assignment the groups' output channels are disjoint, so the `T + 1` streams of the dense
+        formulation (each `filters` wide, zero outside its own channels) add up to one tensor without losing
+        anything: `packed = sum_g F_g`. Given the previous layer's packed output and its assignment, task `t`'s
+        input `merge(F_t, F_s)` is the packed tensor restricted to the channels of `t` and `shared`, so every group
+        is computed by one convolution with the kernel masked to the (input group, output group) pairs the dense
+        formulation connects: `mask[i, k] = a_in[i] in (a[k], shared)`. Then each group's batch norm and activation
+        run on its own block of channels. Values, gradients and batch-norm updates equal the dense formulation;
+        the cost is that of one plain convolution layer.
+
+        Args:
+            inputs: the image (first layer; `input_assignment=None`) or the packed output of the previous SFG layer.
+            input_assignment: int array `[C_in]`, the previous layer's group per channel, or None for an image.
+            training: bool or None.
+
+        Returns:
+            The packed output `[batch, *spatial, filters]` (group `g`'s channels are its own kernels').
+        """
+        if not self.packable:
+            raise ValueError(f"{self.name}: packed execution needs a block-ordered fixed assignment and merge='sum'.")
+        inputs = ops.cast(inputs, self.compute_dtype)
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        if input_assignment is not None:
+            source = np.asarray(input_assignment)[:, None]
+            target = np.asarray(self.fixed_assignment)[None, :]
+            connected = (source == target) | (source == self.num_tasks)
+            if not connected.all():
+                kernel = kernel * ops.cast(ops.convert_to_tensor(connected.astype("float32")), kernel.dtype)
+        y = self._convolve(inputs, kernel)
+        if self._packed_fusable():
+            return self._packed_normalise_and_activate(y, training)
+        parts = []
+        for i, g in enumerate(self.active_groups):
+            start, stop = self._group_block[g]
+            block = y if stop - start == self.filters else y[..., start:stop]
+            parts.append(self.group_activations[i](self.group_norms[i](block, training=training)))
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+
+    def _packed_fusable(self) -> bool:
+        """Whether the groups' batch norms and activations can run as one per-channel operation on packed output:
+        batch norm is per channel, so the groups' norms over their own blocks are one norm with their parameters
+        side by side (likewise PReLU)."""
+        norms = self.group_norms
+        return (
+            all(type(n) is BatchStatisticsNormalization and n.scale and n.center and not n.renorm for n in norms)
+            and all(n.axis in (-1, self.rank + 1) for n in norms)
+            and len({(n.epsilon, n.momentum, n.trainable, n.inference_statistics) for n in norms}) == 1
+            and (
+                all(isinstance(a, keras.layers.PReLU) for a in self.group_activations)
+                or all(type(a) is keras.layers.Activation for a in self.group_activations)
+            )
+        )
+
+    def _packed_normalise_and_activate(self, y, training):
+        norms, first = self.group_norms, self.group_norms[0]
+        x = ops.cast(y, "float32")
+        axes = list(range(self.rank + 1))
+        if training and first.trainable:
+            mean, variance = ops.moments(x, axes=axes)
+            start = 0
+            for norm in norms:
+                stop = start + norm.moving_mean.shape[0]
+                momentum = norm.momentum
+                norm.moving_mean.assign(norm.moving_mean * momentum + mean[start:stop] * (1.0 - momentum))
+                norm.moving_variance.assign(norm.moving_variance * momentum + variance[start:stop] * (1.0 - momentum))
+                start = stop
+        elif first.inference_statistics == "batch":
+            mean, variance = batch_moments(x, current_num_samples())
+        else:
+            mean = _side_by_side([ops.cast(n.moving_mean, "float32") for n in norms], axis=0)
+            variance = _side_by_side([ops.cast(n.moving_variance, "float32") for n in norms], axis=0)
+        gamma = _side_by_side([ops.cast(n.gamma, "float32") for n in norms], axis=0)
+        beta = _side_by_side([ops.cast(n.beta, "float32") for n in norms], axis=0)
+        out = (x - mean) * (ops.rsqrt(variance + first.epsilon) * gamma) + beta
+        if isinstance(self.group_activations[0], keras.layers.PReLU):
+            alpha = _side_by_side([ops.cast(a.alpha, "float32") for a in self.group_activations], axis=-1)
+            out = ops.relu(out) - alpha * ops.relu(-out)
+        else:
+            out = self.group_activations[0].activation(out)
+        return ops.cast(out, self.compute_dtype)
 
     # === Shapes and config ===
 

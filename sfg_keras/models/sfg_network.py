@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from sfg_keras.layers.cross_stitch import CrossStitch
+from sfg_keras.layers.per_stream import PerStream
 from sfg_keras.layers.sfg_conv import SFGConv
 from sfg_keras.layers.stream_merge import StreamMerge
 from sfg_keras.layers.temperature_schedule import TemperatureSchedule, apply_temperature, find_sfg_layers
@@ -27,6 +29,12 @@ class SFGNetwork(keras.Model):
     batch-norm statistics; `training=False` uses the MAP architecture unless `stochastic=True`. Every training step
     first sets the Gumbel-softmax temperature of all SFG layers from the optimizer's step counter
     (`temperature_schedule`), so the schedule is exact per step, under XLA and under tf.distribute.
+
+    Packed execution: when every SFG layer has a fixed assignment (the baselines `hard_sharing`, `constant_mask`,
+    `single_task`, `cross_stitch`), merges are sums and the transforms between SFG layers have no weights, the
+    network runs on packed streams (`SFGConv.call_packed`): one tensor per layer instead of `T + 1` mostly-zero
+    ones, with the same values and gradients, at the cost of a plain network of the same width. Set
+    `packed_execution = False` to run the dense formulation (the reference).
 
     Logged during `fit`/`evaluate` besides Keras' per-task losses and metrics: `data_loss` (weighted task losses),
     `weight_term` (L2 penalties), `entropy_term` (`-lambda2 * sum H(p)`) and `temperature`.
@@ -86,6 +94,8 @@ class SFGNetwork(keras.Model):
         self.weight_term_tracker = keras.metrics.Mean(name="weight_term")
         self.entropy_term_tracker = keras.metrics.Mean(name="entropy_term")
         self.temperature_tracker = keras.metrics.Mean(name="temperature")
+        self.packed_execution = True
+        self._packed_masks = None
 
     # === Forward ===
 
@@ -96,6 +106,8 @@ class SFGNetwork(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None, stochastic=None):
+        if self.packed_execution and self._packed_plan() is not None:
+            return self._call_packed(inputs, training)
         x = inputs
         for layer in self.trunk:
             if isinstance(layer, SFGConv):
@@ -107,6 +119,50 @@ class SFGNetwork(keras.Model):
             task.name: head(feature, training=training)
             for task, head, feature in zip(self.tasks, self.head_layers, features)
         }
+
+    def _packed_plan(self) -> list | None:
+        """Per task the 0/1 channel mask of `merge(F_t, F_s)` on the packed output, or None if the network cannot
+        run packed (see the class docstring). Computed once the network is built."""
+        if self._packed_masks is not None:
+            return self._packed_masks or None
+        if not self.built:
+            return None
+        assignment, plan = None, []
+        for layer in self.trunk:
+            if isinstance(layer, SFGConv) and layer.packable and layer.built:
+                if assignment is not None and layer.kernel.shape[-2] != len(assignment):
+                    break
+                assignment = np.asarray(layer.fixed_assignment)
+            elif isinstance(layer, PerStream) and layer.packable and assignment is not None:
+                pass
+            elif isinstance(layer, CrossStitch) and layer.packable(assignment):
+                pass
+            else:
+                break
+        else:
+            shared = len(self.tasks)
+            if self.merge == "sum" and assignment is not None:
+                plan = [((assignment == t) | (assignment == shared)).astype("float32") for t in range(shared)]
+                if any(not mask.any() for mask in plan):
+                    plan = []
+        self._packed_masks = plan
+        return plan or None
+
+    def _call_packed(self, inputs, training):
+        x, assignment = inputs, None
+        for layer in self.trunk:
+            if isinstance(layer, SFGConv):
+                x = layer.call_packed(x, assignment, training=training)
+                assignment = layer.fixed_assignment
+            elif isinstance(layer, PerStream):
+                x = layer.call_packed(x, training=training)
+            else:
+                x = layer.call_packed(x)
+        outputs = {}
+        for task, head, mask in zip(self.tasks, self.head_layers, self._packed_plan()):
+            feature = x if mask.all() else x * ops.cast(ops.convert_to_tensor(mask), x.dtype)
+            outputs[task.name] = head(feature, training=training)
+        return outputs
 
     # === Training ===
 
