@@ -141,6 +141,9 @@ def mc_predict(
         samples_per_pass: int or None. How many passes are stacked in one vectorised forward pass (memory
             control). Defaults to `num_samples` capped so that one pass holds at most 512 examples.
 
+    A network without sampled layers (every SFG layer has a fixed assignment: the baselines) gives the same pass
+    every time, so it is computed once.
+
     Returns:
         `{task: {"mean", "std"}}` for regression, `{task: {"probabilities", "mode", "entropy"}}` for
         classification and segmentation, numpy arrays with the inputs' leading dimension.
@@ -158,12 +161,22 @@ def mc_predict(
     def chunk_function(n: int):
         return _compiled(model, ("monte_carlo", n), lambda m, xb: monte_carlo_sums(m, xb, n))
 
+    # A network whose SFG layers all have fixed assignments (the baselines) computes the same pass every time: one
+    # pass stands for all of them.
+    samples_differ = any(not layer.is_fixed for layer in model.sfg_layers)
     collected: dict[str, dict[str, list]] = {}
     for batch in _batches(x, batch_size):
         batch = tf.convert_to_tensor(batch, dtype=model.compute_dtype if model.compute_dtype != "float16" else None)
         per_pass = samples_per_pass or max(1, min(num_samples, 512 // max(1, int(batch.shape[0]))))
         totals = None
         remaining = num_samples
+        if not samples_differ:
+            sums = chunk_function(1)(batch)
+            totals = {t: {k: v.numpy().astype("float64") * num_samples for k, v in d.items()} for t, d in sums.items()}
+            for values in totals.values():
+                if "sum_sq" in values:  # from the pass itself in float64: the spread is exactly zero
+                    values["sum_sq"] = np.square(values["sum"]) / num_samples
+            remaining = 0
         while remaining > 0:
             n = min(per_pass, remaining)
             sums = chunk_function(n)(batch)

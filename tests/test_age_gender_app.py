@@ -16,7 +16,7 @@ import tensorflow as tf
 from applications.age_gender import AgeGenderApplication
 from sfg_keras.config import ConfigError, load_settings
 from sfg_keras.data.generators import make_mnist_two_task_folder, make_utkface_folder, parse_utkface_name
-from sfg_keras.inference import map_predict
+from sfg_keras.inference import expected_predict, map_predict
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VALID, NUM_MALFORMED = 60, 3
@@ -167,6 +167,18 @@ def test_map_inference_reports_age_in_years(trained):
     ages = np.array([float(row["age_mean"]) for row in rows])
     np.testing.assert_allclose(ages, 100.0 * raw["age"]["prediction"].reshape(-1), rtol=1e-4, atol=1e-3)
     assert [int(row["gender_mode"]) for row in rows] == raw["gender"]["label"].tolist()
+    assert all(float(row["age_std"]) == 0.0 for row in rows)
+
+
+def test_expected_inference_matches_expected_predict(trained):
+    app = make_app(trained["config"], "inference", ["--inference_mode=expected", "--save_seg_dir=output_expected"])
+    model, _ = app.load_checkpoint()
+    (path,), _ = run_quietly(app.infer, model)
+    rows = read_csv_rows(path)
+    images = app.image_set().select(app.inference_subjects())
+    raw = expected_predict(model, app.prediction_batches(images.paths, int(app.settings.inference.batch_size)))
+    ages = np.array([float(row["age_mean"]) for row in rows])
+    np.testing.assert_allclose(ages, 100.0 * raw["age"]["prediction"].reshape(-1), rtol=1e-4, atol=1e-3)
     assert all(float(row["age_std"]) == 0.0 for row in rows)
 
 

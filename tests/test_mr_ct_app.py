@@ -282,6 +282,16 @@ def test_map_inference_of_all_subjects(trained, tmp_path):
     assert labels.shape == (48, 48, 6) and labels.max() <= 4
 
 
+def test_expected_inference_writes_label_maps_without_std(trained, tmp_path):
+    out = tmp_path / "expected_out"
+    app = _app(trained["config"], "inference", overrides=["--inference_mode=expected", f"--save_seg_dir={out}"])
+    written = app.inference()
+    names = sorted(Path(p).name for p in written)
+    assert names and not any("ct_std" in name for name in names) and "inferred.csv" in names
+    label_maps = [out / n for n in names if n.startswith("organs_")]
+    assert label_maps and np.asarray(nib.load(label_maps[0]).dataobj).max() <= 4
+
+
 def test_evaluation_writes_one_row_per_subject_with_trivial_references(inferred, trained, cohort):
     app = _app(trained["config"], "evaluation")
     metrics_csv, summary_csv = app.evaluation()

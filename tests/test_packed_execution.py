@@ -135,3 +135,17 @@ def test_which_networks_run_packed():
     assert _build("hard_sharing", 2, builder=sfg_highresnet, width_multiplier=0.125)._packed_plan() is None
     concat = _build("constant_mask", 2, widths=(4, 6), merge="concat")
     assert concat._packed_plan() is None
+
+
+def test_mc_predict_of_a_fixed_network_is_one_pass_and_exact():
+    model = _build("constant_mask", 2, widths=(4, 6))
+    x = np.array(_images(batch=6))
+    mc = mc_predict(model, x, num_samples=7, batch_size=3)
+    deterministic = map_predict(model, x, batch_size=3)
+    np.testing.assert_allclose(mc["size"]["mean"], deterministic["size"]["prediction"], atol=1e-6)
+    np.testing.assert_allclose(mc["size"]["std"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(mc["digit"]["probabilities"], deterministic["digit"]["probabilities"], atol=1e-6)
+    np.testing.assert_array_equal(mc["digit"]["mode"], deterministic["digit"]["label"])
+    from sfg_keras import inference
+
+    assert ("monte_carlo", 1) in inference._COMPILED[model] and ("monte_carlo", 7) not in inference._COMPILED[model]

@@ -207,6 +207,8 @@ class SFGConv(keras.layers.Layer):
         self.bn_epsilon = bn_epsilon
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        # Drawn once, so that an unbuilt layer reports the probabilities its build will start from.
+        self._initial_probabilities = initial_probabilities(filters, self.p_init, init_mode, seed=seed)
         if self.is_fixed:
             self.active_groups = sorted(set(self.fixed_assignment))
         else:
@@ -293,7 +295,7 @@ class SFGConv(keras.layers.Layer):
             regularizer=keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 > 0 else None,
         )
         if not self.is_fixed:
-            probs = initial_probabilities(self.filters, self.p_init, self.init_mode, seed=self.seed)
+            probs = self._initial_probabilities
             self.grouping_logits = self.add_weight(
                 name="grouping_logits",
                 shape=(self.filters, self.num_groups),
@@ -356,9 +358,12 @@ class SFGConv(keras.layers.Layer):
         self.grouping_logits.assign(ops.cast(logits, "float32") / self.grouping_lr_multiplier)
 
     def probabilities(self):
-        """Grouping probabilities `p` as a float32 tensor `[filters, T + 1]` (one-hot for a fixed assignment)."""
+        """Grouping probabilities `p` as a float32 tensor `[filters, T + 1]` (one-hot for a fixed assignment; before
+        the layer is built, the initial probabilities)."""
         if self.is_fixed:
             return ops.one_hot(ops.convert_to_tensor(self.fixed_assignment, "int32"), self.num_groups)
+        if not self.built:  # before the first call: the initial probabilities the logits will hold
+            return ops.convert_to_tensor(self._initial_probabilities.astype("float32"))
         positive = ops.softplus(self.logits())
         return positive / ops.sum(positive, axis=-1, keepdims=True)
 
