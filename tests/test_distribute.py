@@ -51,6 +51,7 @@ _SCRIPT = textwrap.dedent(
         "temperatures": [float(layer.temperature.numpy()) for layer in model.sfg_layers],
         "expected_temperature": schedule.value(3),
         "loss": history.history["loss"],
+        "terms": [history.history[k][0] for k in ("data_loss", "weight_term", "entropy_term")],
         "p0": p0,
         "p": {k: v.tolist() for k, v in model.grouping_probabilities().items()},
         "shapes": {k: list(v.shape) for k, v in predicted.items()},
@@ -77,6 +78,9 @@ def test_mirrored_strategy_fit_on_two_logical_cpus(tmp_path):
         assert value == pytest.approx(result["expected_temperature"], rel=1e-6)
     assert result["expected_temperature"] < 0.75
     assert all(v == v for v in result["loss"])  # not NaN
+    # The logged terms add up to the logged loss (they used to be off by the number of replicas).
+    assert sum(result["terms"]) == pytest.approx(result["loss"][0], rel=1e-4)
+    assert result["terms"][0] > 0.5 * result["loss"][0]
     assert result["shapes"] == {"a": [32, 1], "b": [32, 2]}
     assert result["finite"]
     assert any(p != result["p0"][name] for name, p in result["p"].items())  # p trained across replicas

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from sfg_keras.layers.cross_stitch import CrossStitch
@@ -177,13 +178,17 @@ class SFGNetwork(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        # Under tf.distribute Keras divides every term of the total by the number of replicas (the gradients are
+        # summed across replicas); the logged terms are per-replica values, like Keras' own `loss`.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        logged = ops.cast(total, "float32") * float(replicas) if replicas > 1 else ops.cast(total, "float32")
         entropy = ops.zeros((), "float32")
         for layer in self.sfg_layers:
             entropy = entropy + layer.entropy_penalty()
         penalties = ops.zeros((), "float32")
         for loss in self.losses:
             penalties = penalties + ops.cast(loss, "float32")
-        self.data_loss_tracker.update_state(ops.cast(total, "float32") - penalties)
+        self.data_loss_tracker.update_state(logged - penalties)
         self.weight_term_tracker.update_state(penalties - entropy)
         self.entropy_term_tracker.update_state(entropy)
         self.temperature_tracker.update_state(ops.cast(self.sfg_layers[0].temperature, "float32"))
