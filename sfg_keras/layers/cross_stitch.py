@@ -121,7 +121,7 @@ class CrossStitch(keras.layers.Layer):
             outputs.append(mixed)
         if self.channel_groups is not None:
             outputs = [self._place(y, i) for i, y in enumerate(outputs)]
-        return outputs + list(inputs[self.num_streams :])
+        return tuple(outputs) + tuple(inputs[self.num_streams :])
 
     def packable(self, input_assignment) -> bool:
         """Whether the unit can mix packed streams (see `call_packed`) whose channels belong to `input_assignment`:
@@ -162,7 +162,7 @@ class CrossStitch(keras.layers.Layer):
         return ops.concatenate(parts, axis=-1)
 
     def compute_output_spec(self, inputs):
-        return [None if x is None else keras.KerasTensor(x.shape, dtype=self.compute_dtype) for x in inputs]
+        return tuple(None if x is None else keras.KerasTensor(x.shape, dtype=self.compute_dtype) for x in inputs)
 
     def get_config(self):
         return {

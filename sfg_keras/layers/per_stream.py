@@ -63,7 +63,7 @@ class PerStream(keras.layers.Layer):
             if inputs[slot] is None:
                 raise ValueError(f"{self.name}: stream {slot} was present at build time but is None now.")
             outputs[slot] = layer(inputs[slot], training=training)
-        return outputs
+        return tuple(outputs)
 
     @property
     def packable(self) -> bool:
@@ -78,7 +78,7 @@ class PerStream(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, training=None):
         template = keras.saving.deserialize_keras_object(self._template_config)
-        return [None if x is None else template.compute_output_spec(x) for x in inputs]
+        return tuple(None if x is None else template.compute_output_spec(x) for x in inputs)
 
     def get_config(self):
         return {**super().get_config(), "layer": self._template_config}

@@ -112,8 +112,8 @@ class SFGConv(keras.layers.Layer):
     ```python
     images = keras.random.normal((8, 32, 32, 3))
     first = SFGConv(filters=16, kernel_size=3, num_tasks=3, p_init=[0.1, 0.1, 0.1, 0.7], seed=0)
-    streams = first(images)                          # list of 4 tensors (task_1, task_2, task_3, shared)
-    streams = SFGConv(32, 3, num_tasks=3)(streams)   # list in, list out
+    streams = first(images)                          # tuple of 4 tensors (task_1, task_2, task_3, shared)
+    streams = SFGConv(32, 3, num_tasks=3)(streams)   # streams in, streams out
     first.grouping_probabilities()                   # numpy [16, 4], rows sum to 1
     first(images, training=False, stochastic=True)   # sample without touching batch-norm state
     ```
@@ -520,7 +520,7 @@ class SFGConv(keras.layers.Layer):
                     outputs[g] = y  # the group holds every kernel (hard sharing): nothing to place
                 else:
                     outputs[g] = ops.pad(y, [[0, 0]] * (self.rank + 1) + [[block[0], self.filters - block[1]]])
-            return outputs
+            return tuple(outputs)
         first = next(iter(group_inputs.values()))
         batch_size = ops.shape(first)[0]
         assignment = self._assignment(batch_size, stochastic, training=bool(training))
@@ -536,7 +536,7 @@ class SFGConv(keras.layers.Layer):
             outputs[g] = y * mask
         if self.learns_p and self.entropy_weight > 0:
             self.add_loss(self.entropy_penalty())
-        return outputs
+        return tuple(outputs)
 
     # === Packed execution of a fixed assignment ===
 
@@ -650,7 +650,7 @@ class SFGConv(keras.layers.Layer):
         else:
             shape = tuple(next(s for s in input_shape if s is not None))
         out = (shape[0], *self._output_spatial(shape[1:-1]), self.filters)
-        return [out if g in self.active_groups else None for g in range(self.num_groups)]
+        return tuple(out if g in self.active_groups else None for g in range(self.num_groups))
 
     def compute_output_spec(self, inputs, training=None, stochastic=None):
         if isinstance(inputs, (list, tuple)):
@@ -658,10 +658,10 @@ class SFGConv(keras.layers.Layer):
         else:
             shape = inputs.shape
         out = (shape[0], *self._output_spatial(shape[1:-1]), self.filters)
-        return [
+        return tuple(
             keras.KerasTensor(out, dtype=self.compute_dtype) if g in self.active_groups else None
             for g in range(self.num_groups)
-        ]
+        )
 
     def get_config(self):
         return {

@@ -65,14 +65,14 @@ class StreamMerge(keras.layers.Layer):
             else:
                 merged = self.projections[self._projection_slot[t]](ops.concatenate([task, shared], axis=-1))
             outputs.append(merged)
-        return outputs
+        return tuple(outputs)
 
     def compute_output_spec(self, inputs):
         shared = inputs[-1]
-        return [
+        return tuple(
             keras.KerasTensor((inputs[t] if inputs[t] is not None else shared).shape, dtype=self.compute_dtype)
             for t in range(self.num_tasks)
-        ]
+        )
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks, "mode": self.mode}
