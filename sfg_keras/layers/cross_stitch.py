@@ -107,18 +107,22 @@ class CrossStitch(keras.layers.Layer):
         own = y[..., : block[1] - block[0]]
         return ops.pad(own, [[0, 0]] * (len(y.shape) - 1) + [[block[0], self._width - block[1]]])
 
-    def call(self, inputs):
-        streams = list(inputs[: self.num_streams])
-        if self.channel_groups is not None:
-            streams = [self._own_channels(x, i) for i, x in enumerate(streams)]
+    def _mix(self, streams):
+        """`out_t = sum_u alpha[t, u] * x_u` per channel (element-wise: much cheaper than an einsum on TF/CPU)."""
         alpha = ops.cast(self.alpha, streams[0].dtype)
-        # out_t = sum_u alpha[t, u] * x_u, per channel (element-wise: much cheaper than an einsum on TF/CPU)
         outputs = []
         for t in range(self.num_streams):
             mixed = alpha[t, 0] * streams[0]
             for u in range(1, self.num_streams):
                 mixed = mixed + alpha[t, u] * streams[u]
             outputs.append(mixed)
+        return outputs
+
+    def call(self, inputs):
+        streams = list(inputs[: self.num_streams])
+        if self.channel_groups is not None:
+            streams = [self._own_channels(x, i) for i, x in enumerate(streams)]
+        outputs = self._mix(streams)
         if self.channel_groups is not None:
             outputs = [self._place(y, i) for i, y in enumerate(outputs)]
         return tuple(outputs) + tuple(inputs[self.num_streams :])
@@ -150,16 +154,8 @@ class CrossStitch(keras.layers.Layer):
                 shifted = inputs if u == 0 else ops.roll(inputs, shift=u * self.alpha.shape[-1], axis=-1)
                 mixed = shifted * coeff if mixed is None else mixed + shifted * coeff
             return mixed
-        streams = [self._own_channels(inputs, i) for i in range(self.num_streams)]
-        alpha = ops.cast(self.alpha, streams[0].dtype)
-        parts = []
-        for t in range(self.num_streams):
-            mixed = alpha[t, 0] * streams[0]
-            for u in range(1, self.num_streams):
-                mixed = mixed + alpha[t, u] * streams[u]
-            start, stop = self._blocks[t]
-            parts.append(mixed[..., : stop - start])
-        return ops.concatenate(parts, axis=-1)
+        mixed = self._mix([self._own_channels(inputs, i) for i in range(self.num_streams)])
+        return ops.concatenate([y[..., : stop - start] for y, (start, stop) in zip(mixed, self._blocks)], axis=-1)
 
     def compute_output_spec(self, inputs):
         return tuple(None if x is None else keras.KerasTensor(x.shape, dtype=self.compute_dtype) for x in inputs)
