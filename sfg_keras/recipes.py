@@ -80,7 +80,7 @@ def recipe_p0(name: str, num_tasks: int) -> tuple[float, ...]:
     if num_tasks < 1:
         raise ValueError(f"`num_tasks` must be >= 1. Received: num_tasks={num_tasks!r}")
     shared = _RECIPE_VALUES[name]["p0_shared"]
-    task = round((1.0 - shared) / num_tasks, 12)
+    task = (1.0 - shared) / num_tasks
     return (task,) * num_tasks + (shared,)
 
 

@@ -200,7 +200,8 @@ def test_minimal_config_defaults(tmp_path):
     assert settings.multitask.loss_types == ("RMSE", "CrossEntropy")
     assert settings.multitask.labels == ("filename", "filename")
     assert settings.sfg.p0 == pytest.approx((0.2, 0.2, 0.6))
-    assert settings.sfg.origin("p0") == "default"
+    assert settings.sfg.origin("p0") == "recipe" and settings.sfg.recipe == "paper"  # the default recipe fills it
+    assert settings.sfg.origin("recipe") == "default"
     assert settings.network.batch_size == 10 and settings.inference.batch_size == 10
     assert settings.training.max_iter == 1000
     assert settings.system.model_dir == str(tmp_path / "model")
