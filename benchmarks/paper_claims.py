@@ -22,7 +22,8 @@ Parts:
 Evaluation: baselines with their (deterministic) network; `learned` and `constant_p` with the expected network
 (`expected_predict`, one pass), the MAP network and 20 Monte-Carlo samples.
 
-Usage (about 25 minutes on 2 CPU cores):
+Usage (35 minutes measured on 2 CPU cores shared with other jobs, about 31 idle; `--claim-steps 600` or fewer
+seeds for (c) and (d) bring it under 30):
 
 ```
 python benchmarks/paper_claims.py --steps 2000 --claim-steps 1000 --seeds 0 1 2
