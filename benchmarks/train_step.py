@@ -55,10 +55,12 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch, args.size, args.size, 3)).astype("float32")
     y = {"age": rng.uniform(0.1, 0.9, (args.batch, 1)).astype("float32"), "gender": rng.integers(0, 2, args.batch)}
-    tasks = TASKS
-    if args.architecture == "sfg_highresnet":  # dense heads: per-pixel targets
-        y = {"age": rng.uniform(0.1, 0.9, (args.batch, args.size, args.size, 1)).astype("float32"),
-             "gender": rng.integers(0, 2, (args.batch, args.size, args.size))}
+    tasks, losses = TASKS, {"age": RMSE(), "gender": CrossEntropy()}
+    if args.architecture == "sfg_highresnet":  # the mr_ct tasks: a regression map and a segmentation, per pixel
+        tasks = [TaskHead("ct", "regression", 1), TaskHead("organs", "segmentation", 3)]
+        losses = {"ct": RMSE(), "organs": CrossEntropy()}
+        y = {"ct": rng.normal(size=(args.batch, args.size, args.size, 1)).astype("float32"),
+             "organs": rng.integers(0, 3, (args.batch, args.size, args.size))}
     builder = sfg_vgg11 if args.architecture == "sfg_vgg11" else sfg_highresnet
     models = {}
     variants = [(g, True) for g in GROUPINGS] + [(g, False) for g in ("constant_mask", "single_task", "cross_stitch")]
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
                         name=grouping)
         model.build((args.batch, args.size, args.size, 3))
         model.packed_execution = packed
-        model.compile(keras.optimizers.Adam(1e-3), loss={"age": RMSE(), "gender": CrossEntropy()})
+        model.compile(keras.optimizers.Adam(1e-3), loss=losses)
         models[name] = model
     steps = {grouping: (lambda m=model: m.train_on_batch(x, y)) for grouping, model in models.items()}
     train = interleaved_medians(steps, repeats=args.repeats, warmup=args.warmup)
