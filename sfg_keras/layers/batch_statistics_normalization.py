@@ -10,11 +10,16 @@ from sfg_keras.layers.sampling_scope import current_num_samples
 _INFERENCE_STATISTICS = ("batch", "moving")
 
 
-def batch_moments(x, num_samples: int = 1):
-    """Per-channel mean and variance of a channels-last batch, broadcastable against `x`.
+def batch_moments(x, num_samples: int = 1, axis: int = -1):
+    """Per-channel mean and variance of a batch, broadcastable against `x`.
 
     With `num_samples > 1` the batch axis holds `num_samples` stacked Monte-Carlo passes and each pass gets the
-    moments of its own slice (as `BatchStatisticsNormalization` normalises them at inference).
+    moments of its own slice (how `BatchStatisticsNormalization` normalises at inference).
+
+    Args:
+        x: tensor `[batch, ...]`.
+        num_samples: int. Number of equal slices of the batch axis. Defaults to 1.
+        axis: int. The channel axis (not the batch axis). Defaults to -1.
 
     Example:
 
@@ -24,10 +29,15 @@ def batch_moments(x, num_samples: int = 1):
     ```
     """
     rank = len(x.shape)
+    axis = axis if axis >= 0 else rank + axis
+    reduction_axes = [i for i in range(rank) if i != axis]
     if num_samples == 1:
-        return ops.moments(x, axes=list(range(rank - 1)), keepdims=True)
+        return ops.moments(x, axes=reduction_axes, keepdims=True)
+    if axis == 0:
+        raise ValueError("Monte-Carlo slices need a batch axis other than the channel axis. Received axis=0.")
+    # [N * B, ...] -> [N, B, ...]: every pass gets its own batch's moments, then one row per example again.
     stacked = ops.reshape(x, [num_samples, -1, *ops.shape(x)[1:]])
-    mean, variance = ops.moments(stacked, axes=list(range(1, rank)), keepdims=True)
+    mean, variance = ops.moments(stacked, axes=[i + 1 for i in reduction_axes], keepdims=True)
     per_example = ops.shape(x)[0] // num_samples
     return tuple(ops.repeat(ops.squeeze(m, axis=1), per_example, axis=0) for m in (mean, variance))
 
@@ -72,27 +82,14 @@ class BatchStatisticsNormalization(keras.layers.BatchNormalization):
         if (training and self.trainable) or self.inference_statistics == "moving":
             return super().call(inputs, training=training, mask=mask)
         x = ops.cast(inputs, "float32")
-        rank = len(x.shape)
-        axis = self.axis if self.axis >= 0 else rank + self.axis
-        reduction_axes = [i for i in range(rank) if i != axis]
-        num_samples = current_num_samples()
-        if num_samples > 1:
-            if axis == 0:
-                raise ValueError("Monte-Carlo slices need a batch axis other than the channel axis. Received axis=0.")
-            # [N * B, ...] -> [N, B, ...]: every pass is normalised with its own batch's moments.
-            x = ops.reshape(x, [num_samples, -1, *ops.shape(inputs)[1:]])  # dynamic sizes allowed
-            reduction_axes = [i + 1 for i in reduction_axes]
-            axis += 1
-        mean, variance = ops.moments(x, axes=reduction_axes, keepdims=True)
+        mean, variance = batch_moments(x, current_num_samples(), self.axis)
         shape = [1] * len(x.shape)
-        shape[axis] = x.shape[axis]
+        shape[self.axis] = x.shape[self.axis]
         outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
         if self.scale:
             outputs = outputs * ops.reshape(ops.cast(self.gamma, "float32"), shape)
         if self.center:
             outputs = outputs + ops.reshape(ops.cast(self.beta, "float32"), shape)
-        if num_samples > 1:
-            outputs = ops.reshape(outputs, ops.shape(inputs))
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
