@@ -25,7 +25,6 @@ from sfg_keras.layers import BatchStatisticsNormalization, TemperatureSchedule
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, SFGNetwork, TaskHead
-from sfg_keras.recipes import temperature_decay_rate
 from sfg_keras.training.checkpoints import PeriodicCheckpoint, find_checkpoint
 
 
@@ -169,13 +168,13 @@ class BaseApplication:
             inference_statistics=network.batch_norm,
             lambda1=sfg.lambda1,
             lambda2=sfg.lambda2,
-            temperature_schedule=TemperatureSchedule(
-                sfg.tau0,
-                temperature_decay_rate(
-                    sfg.tau0, sfg.tau_min, sfg.tau_decay, sfg.tau_decay_until, int(self.settings.training.max_iter)
-                ),
-                sfg.tau_min,
-                sampling_warmup=int(round(sfg.sampling_warmup * int(self.settings.training.max_iter))),
+            temperature_schedule=TemperatureSchedule.for_run(
+                int(self.settings.training.max_iter),
+                tau0=sfg.tau0,
+                tau_min=sfg.tau_min,
+                tau_decay=sfg.tau_decay,
+                tau_decay_until=sfg.tau_decay_until,
+                sampling_warmup=sfg.sampling_warmup,
             ),
             seed=int(self.settings.system.seed),
             grouping_lr_multiplier=sfg.grouping_lr_multiplier,

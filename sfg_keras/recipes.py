@@ -25,7 +25,6 @@ model = sfg_small_cnn(tasks, grouping="learned", **recipe_options("fast", num_ta
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 RECIPES = ("paper", "fast")
@@ -97,23 +96,6 @@ def recipe_values(name: str, num_tasks: int) -> dict[str, Any]:
     return {"p0": recipe_p0(name, num_tasks), **values}
 
 
-def temperature_decay_rate(
-    tau0: float, tau_min: float, tau_decay: float, tau_decay_until: float, max_iter: int
-) -> float:
-    """The rate `r` of `tau0 * exp(-r t)`: `tau_decay`, or the rate that reaches `tau_min` at `tau_decay_until *
-    max_iter` when `tau_decay_until > 0`.
-
-    Example:
-
-    >>> round(temperature_decay_rate(1.0, 0.1, 1e-5, 0.5, 2000), 6)  # ln(10) / 1000
-    0.002303
-    """
-    if tau_decay_until <= 0:
-        return float(tau_decay)
-    steps = max(1, int(round(tau_decay_until * max_iter)))
-    return math.log(tau0 / tau_min) / steps if tau0 > tau_min else 0.0
-
-
 def recipe_options(name: str, num_tasks: int, max_iter: int) -> dict[str, Any]:
     """The recipe as keyword arguments of the architecture builders (`sfg_vgg11`, `sfg_small_cnn`, ...).
 
@@ -135,10 +117,14 @@ def recipe_options(name: str, num_tasks: int, max_iter: int) -> dict[str, Any]:
     from sfg_keras.layers.temperature_schedule import TemperatureSchedule
 
     values = recipe_values(name, num_tasks)
-    rate = temperature_decay_rate(
-        values["tau0"], values["tau_min"], values["tau_decay"], values["tau_decay_until"], int(max_iter)
+    schedule = TemperatureSchedule.for_run(
+        int(max_iter),
+        tau0=values["tau0"],
+        tau_min=values["tau_min"],
+        tau_decay=values["tau_decay"],
+        tau_decay_until=values["tau_decay_until"],
+        sampling_warmup=values["sampling_warmup"],
     )
-    warmup = int(round(values["sampling_warmup"] * int(max_iter)))
     return {
         "p0": list(values["p0"]),
         "init_mode": values["init"],
@@ -147,5 +133,5 @@ def recipe_options(name: str, num_tasks: int, max_iter: int) -> dict[str, Any]:
         "grouping_lr_multiplier": values["grouping_lr_multiplier"],
         "lambda1": values["lambda1"],
         "lambda2": values["lambda2"],
-        "temperature_schedule": TemperatureSchedule(values["tau0"], rate, values["tau_min"], sampling_warmup=warmup),
+        "temperature_schedule": schedule,
     }

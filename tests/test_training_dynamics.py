@@ -12,7 +12,7 @@ from sfg_keras.inference import expected_outputs, expected_predict, map_predict,
 from sfg_keras.layers import SFGConv, TemperatureSchedule, sampling_scope
 from sfg_keras.losses import RMSE, CrossEntropy
 from sfg_keras.models import TaskHead, sfg_small_cnn
-from sfg_keras.recipes import RECIPES, recipe_options, recipe_p0, recipe_values, temperature_decay_rate
+from sfg_keras.recipes import RECIPES, recipe_options, recipe_p0, recipe_values
 
 TASKS = [TaskHead("digit", "classification", 3), TaskHead("size", "regression", 1)]
 
@@ -108,10 +108,11 @@ def test_schedule_reaching_minimum_at_a_step():
         TemperatureSchedule.reaching_minimum(steps=0)
 
 
-def test_temperature_decay_rate_relative_to_max_iter():
-    assert temperature_decay_rate(1.0, 0.1, 1e-5, 0.0, 5000) == 1e-5
-    assert temperature_decay_rate(1.0, 0.1, 1e-5, 0.5, 2000) == pytest.approx(math.log(10) / 1000)
-    assert temperature_decay_rate(0.1, 0.1, 1e-5, 0.5, 2000) == 0.0
+def test_schedule_for_a_run_relative_to_max_iter():
+    assert TemperatureSchedule.for_run(5000, 1.0, 0.1, 1e-5, 0.0).decay_rate == 1e-5
+    assert TemperatureSchedule.for_run(2000, 1.0, 0.1, 1e-5, 0.5).decay_rate == pytest.approx(math.log(10) / 1000)
+    assert TemperatureSchedule.for_run(2000, 0.1, 0.1, 1e-5, 0.5).decay_rate == 0.0
+    assert TemperatureSchedule.for_run(2000, sampling_warmup=0.1).sampling_warmup == 200
 
 
 # === Recipes ===

@@ -76,6 +76,34 @@ class TemperatureSchedule:
             tau0=tau0, decay_rate=math.log(tau0 / tau_min) / steps, tau_min=tau_min, sampling_warmup=sampling_warmup
         )
 
+    @classmethod
+    def for_run(
+        cls,
+        max_iter: int,
+        tau0: float = 1.0,
+        tau_min: float = 0.1,
+        tau_decay: float = 1e-5,
+        tau_decay_until: float = 0.0,
+        sampling_warmup: float = 0.0,
+    ) -> TemperatureSchedule:
+        """The schedule of a run of `max_iter` steps from the `[SFG]` settings, whose last two are fractions of it.
+
+        `tau_decay_until > 0` replaces the rate `tau_decay` by the one that reaches `tau_min` at
+        `tau_decay_until * max_iter` (`reaching_minimum`); `sampling_warmup` is the warm-up's share of the run.
+
+        Example:
+
+        ```python
+        schedule = TemperatureSchedule.for_run(2000, tau_decay_until=0.5, sampling_warmup=0.1)
+        schedule.value(1000), schedule.sampling_warmup  # 0.1, 200
+        ```
+        """
+        warmup = int(round(sampling_warmup * max_iter))
+        if tau_decay_until > 0:
+            steps = max(1, int(round(tau_decay_until * max_iter)))
+            return cls.reaching_minimum(steps, tau0=tau0, tau_min=tau_min, sampling_warmup=warmup)
+        return cls(tau0=tau0, decay_rate=tau_decay, tau_min=tau_min, sampling_warmup=warmup)
+
     def __call__(self, step):
         step = ops.cast(step, "float32")
         return ops.maximum(self.tau_min, self.tau0 * ops.exp(-self.decay_rate * step))
