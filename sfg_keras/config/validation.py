@@ -251,7 +251,7 @@ def default_p0(num_tasks: int) -> tuple[float, ...]:
 def _apply_recipe(sfg: SectionValues, num_tasks: int) -> None:
     """Fills every `[SFG]` key that the file and the command line left at its default from `[SFG] recipe`."""
     for key, value in recipe_values(sfg.values["recipe"], num_tasks).items():
-        if sfg.origins.get(key, ORIGIN_DEFAULT) == ORIGIN_DEFAULT and (key != "p0" or not sfg.values["p0"]):
+        if sfg.origins.get(key, ORIGIN_DEFAULT) == ORIGIN_DEFAULT:
             sfg.values[key] = value
             sfg.origins[key] = ORIGIN_RECIPE
 

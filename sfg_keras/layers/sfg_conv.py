@@ -440,7 +440,12 @@ class SFGConv(keras.layers.Layer):
         if not (training and stochastic):
             return assignment
         noise = ops.cast(self.sampling_noise, "float32")
-        return noise * assignment + (1.0 - noise) * self.expected_assignment()[None]
+        # The expected assignment (256 relaxed draws for soft samples) is only computed during a warm-up.
+        return ops.cond(
+            noise < 1.0,
+            lambda: noise * assignment + (1.0 - noise) * self.expected_assignment()[None],
+            lambda: assignment,
+        )
 
     def _sampled_or_deterministic(self, batch_size, stochastic: bool):
         if not stochastic:

@@ -134,11 +134,9 @@ class SFGNetwork(keras.Model):
                 if assignment is not None and layer.kernel.shape[-2] != len(assignment):
                     break
                 assignment = np.asarray(layer.fixed_assignment)
-            elif isinstance(layer, PerStream) and layer.packable and assignment is not None:
-                pass
-            elif isinstance(layer, CrossStitch) and layer.packable(assignment):
-                pass
-            else:
+                continue
+            channel_wise = isinstance(layer, PerStream) and layer.packable and assignment is not None
+            if not (channel_wise or (isinstance(layer, CrossStitch) and layer.packable(assignment))):
                 break
         else:
             shared = len(self.tasks)
