@@ -223,3 +223,61 @@ def test_stream_merge_concat_projects_per_task():
         assert tuple(out.shape) == (2, 4, 4, 6)
     config = merge.get_config()
     assert StreamMerge.from_config(config).get_config() == config
+
+
+# === Issue 10: loading must not depend on whether a freed PerStream template's id is reused ===
+
+_SHARED_TEMPLATE = {}  # outside the class: Keras' weight loading walks class attributes that hold layers
+
+
+@keras.saving.register_keras_serializable(package="sfg_test")
+class _ReusedTemplate(keras.layers.Layer):
+    """A per-channel scale whose `from_config` hands back one instance for templates (not for the per-stream copies,
+    named `*_stream_*`): the templates of two PerStream layers deserialised by one `load_model` then share an id, what
+    happens when the garbage collector frees one template and the next is allocated at its address."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="random_normal")
+
+    def call(self, x):
+        return x * self.scale
+
+    @classmethod
+    def from_config(cls, config):
+        if "_stream_" in config["name"]:
+            return cls(**config)
+        if "template" not in _SHARED_TEMPLATE:
+            _SHARED_TEMPLATE["template"] = cls(**config)
+        return _SHARED_TEMPLATE["template"]
+
+
+def test_load_model_with_reused_template_id(tmp_path):
+    from sfg_keras.models import SFGNetwork, TaskHead
+
+    _SHARED_TEMPLATE.clear()
+    model = SFGNetwork(
+        trunk=[SFGConv(4, 3, seed=0), PerStream(_ReusedTemplate(name="a")), PerStream(_ReusedTemplate(name="b"))],
+        heads=[TaskHead("x", "regression", 1), TaskHead("y", "regression", 1)],
+        head_layers=[keras.layers.Conv2D(1, 1), keras.layers.Conv2D(1, 1)],
+    )
+    model.build((None, 8, 8, 1))
+    model.save(tmp_path / "model.keras")
+    # Before the fix: ValueError "You cannot add new elements of state ... to a layer that is already built".
+    restored = keras.models.load_model(tmp_path / "model.keras")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    expected, got = model(x, training=False), restored(x, training=False)
+    for name in ("x", "y"):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got[name]), keras.ops.convert_to_numpy(expected[name]),
+                                   atol=1e-6)
+
+
+def test_per_stream_templates_with_one_id_in_a_sharing_scope_build_separate_copies():
+    from keras.src.saving.serialization_lib import ObjectSharingScope
+
+    template = ResidualBlock(4, name="res")
+    with ObjectSharingScope():
+        first = PerStream(template, name="a")
+        second = PerStream(template, name="b")  # the same id, as after garbage collection and address reuse
+        second.build([(None, 8, 8, 4)] * 3)
+    assert len({id(layer) for layer in second.stream_layers}) == 3
+    assert "shared_object_id" not in str(first.get_config())

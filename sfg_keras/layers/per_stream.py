@@ -5,6 +5,22 @@ from __future__ import annotations
 import keras
 
 
+def _without_sharing_ids(config):
+    """A deep copy of a serialised config without Keras' `shared_object_id` markers.
+
+    While Keras saves or loads a model, `serialize_keras_object` records every object it serialises by `id()` and
+    marks a later object with the same id as shared. A template is a temporary: once it is garbage-collected, the next
+    PerStream's template can get its address, and deserialising the per-stream copies from a marked config would then
+    hand the first copy back for every stream, built twice ("You cannot add new elements of state ... to a layer that
+    is already built", the intermittent failure of issue 10). A template config must name no shared object.
+    """
+    if isinstance(config, dict):
+        return {key: _without_sharing_ids(value) for key, value in config.items() if key != "shared_object_id"}
+    if isinstance(config, (list, tuple)):
+        return type(config)(_without_sharing_ids(value) for value in config)
+    return config
+
+
 @keras.saving.register_keras_serializable(package="sfg")
 class PerStream(keras.layers.Layer):
     """Applies a copy of `layer` to each stream `(F_1, ..., F_T, F_s)`; `None` streams stay `None`.
@@ -30,7 +46,7 @@ class PerStream(keras.layers.Layer):
             layer = keras.saving.deserialize_keras_object(layer)
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(f"`layer` must be a Keras layer. Received: layer={layer!r}")
-        self._template_config = keras.saving.serialize_keras_object(layer)
+        self._template_config = _without_sharing_ids(keras.saving.serialize_keras_object(layer))
         self._template_name = layer.name
         self.stream_layers = []
         self._stream_slots = []
@@ -66,6 +82,19 @@ class PerStream(keras.layers.Layer):
         return tuple(outputs)
 
     @property
+    def stream_slots(self) -> tuple[int, ...]:
+        """The stream indices that have a copy of the layer (the streams that were not None at build time), in the
+        order of `stream_layers`.
+
+        Example:
+
+        ```python
+        for slot, layer in zip(per_stream.stream_slots, per_stream.stream_layers): ...
+        ```
+        """
+        return tuple(self._stream_slots)
+
+    @property
     def packable(self) -> bool:
         """Whether the wrapped layer has no weights, so it can transform packed streams in one call."""
         return self.built and bool(self.stream_layers) and not any(layer.weights for layer in self.stream_layers)
@@ -86,5 +115,5 @@ class PerStream(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        config["layer"] = keras.saving.deserialize_keras_object(_without_sharing_ids(config["layer"]))
         return cls(**config)
