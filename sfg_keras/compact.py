@@ -133,7 +133,7 @@ class _CompactBuilder:
 
     def __init__(self, model: SFGNetwork):
         self.model = model
-        self.group_names = list(model.task_names) + ["shared"]
+        self.group_names = model.group_names
         self.used_names: set[str] = set()
 
     # === Naming and small helpers ===
@@ -266,10 +266,7 @@ class _CompactBuilder:
         if not single_input and len(streams) != layer.num_groups:
             raise ValueError(f"{layer.name}: expected {layer.num_groups} streams. Received {len(streams)}")
         reference = self.reference_of(streams)
-        if layer.is_fixed:
-            assignment = np.asarray(layer.fixed_assignment)
-        else:
-            assignment = layer.map_assignment()
+        assignment = layer.map_assignment()  # the fixed assignment itself for a fixed layer (one-hot p)
         kernel = np.asarray(layer.kernel.numpy())
         conv_class = keras.layers.Conv2D if layer.rank == 2 else keras.layers.Conv3D
         outputs: list[_Stream | None] = [None] * layer.num_groups
@@ -296,36 +293,33 @@ class _CompactBuilder:
             )
             y = conv(self.concat(tensors, f"{base}_concat"))
             conv.set_weights([kernel[..., channels][..., rows, :]])
-            if layer.is_fixed:
-                norm_indices = np.searchsorted(layer._group_channels[g], channels)
-            else:
-                norm_indices = channels
+            norm_indices = np.searchsorted(layer.group_channels(g), channels)
             y = self.normalization(layer.group_norms[index], norm_indices, y, f"{base}_bn")
             y = self.activation(layer.group_activations[index], norm_indices, y, f"{base}_act")
             outputs[g] = _Stream(layer.filters, (_Piece(y, channels),))
         return outputs
 
     def group_input(self, layer: SFGConv, g: int, streams, reference, base: str) -> _Stream:
-        """`X_s = F_s` and `X_t = merge(F_t, F_s)` as a compact stream (pieces summed)."""
-        shared = streams[layer.num_tasks]
-        task = None if g == layer.num_tasks else streams[g]
+        """`X_s = F_s` and `X_t = merge(F_t, F_s)` as a compact stream."""
+        if g == layer.num_tasks:
+            return self.merge(layer, layer.merge, g, None, streams[g], reference, f"{base}_merge")
+        return self.merge(layer, layer.merge, g, streams[g], streams[layer.num_tasks], reference, f"{base}_merge")
+
+    def merge(self, owner, mode: str, t: int, task, shared, reference, base: str) -> _Stream:
+        """`merge(F_t, F_s)` (`sfg_keras.layers.stream_merge.merge_streams`) on compact streams, for the input merge
+        of an `SFGConv` and the heads' `StreamMerge` alike: `sum` adds the pieces, `concat` becomes a `Dense` on the
+        concatenated pieces with the matching rows of `owner.merge_weights(t)`."""
         if task is None or shared is None:
             stream = shared if task is None else task
             if stream is None:
-                raise ValueError(
-                    f"{layer.name}: group {self.group_names[g]} has kernels but receives no input stream "
-                    "(its task stream and the shared stream are both None)."
-                )
+                raise ValueError(f"{owner.name}: {self.group_names[t]} has neither its own nor a shared stream.")
             return stream
-        if layer.merge == "sum":
+        if mode == "sum":
             return _Stream(shared.width, task.pieces + shared.pieces)
-        projection = layer.merge_projections[g]
-        kernel = np.asarray(projection.kernel.numpy()).reshape(-1, projection.filters)
-        bias = np.asarray(projection.bias.numpy()) if projection.use_bias else None
-        output = self.linear(
-            [(task, 0), (shared, task.width)], kernel, bias, reference, f"{base}_merge", projection.dtype_policy
-        )
-        return _Stream(projection.filters, (_Piece(output, np.arange(projection.filters)),))
+        kernel, bias = owner.merge_weights(t)
+        output = self.linear([(task, 0), (shared, task.width)], kernel, bias, reference, base, owner.dtype_policy)
+        width = kernel.shape[-1]
+        return _Stream(width, (_Piece(output, np.arange(width)),))
 
     # === Stream-wise layers ===
 
@@ -413,13 +407,13 @@ class _CompactBuilder:
     def per_stream(self, layer: PerStream, streams: list) -> list:
         reference = self.reference_of(streams)
         outputs = list(streams)
-        for slot, inner in zip(layer._stream_slots, layer.stream_layers):
+        for slot, inner in zip(layer.stream_slots, layer.stream_layers):
             if streams[slot] is None:
                 raise ValueError(f"{layer.name}: stream {slot} was present at build time but is None now.")
             base = f"{layer.name}_{self.group_names[slot]}"
             outputs[slot] = self.apply(inner, streams[slot], reference, base)
         for slot, stream in enumerate(streams):
-            if stream is not None and slot not in layer._stream_slots:
+            if stream is not None and slot not in layer.stream_slots:
                 raise ValueError(f"{layer.name}: stream {slot} has no per-stream layer (it was None at build time).")
         return outputs
 
@@ -457,29 +451,14 @@ class _CompactBuilder:
 
     # === Heads ===
 
-    def task_features(self, streams: list) -> list[tuple[_Stream, keras.layers.Layer | None]]:
-        """Per task the stream `merge(F_t, F_s)` (sum: pieces added; concat: the projection, as a Dense)."""
+    def task_features(self, streams: list) -> list[_Stream]:
+        """Per task the stream `merge(F_t, F_s)` of the heads' `StreamMerge`."""
         merge = self.model.stream_merge
         reference = self.reference_of(streams)
-        shared = streams[-1]
         features = []
         for t in range(len(self.model.tasks)):
-            task = streams[t]
             base = f"merge_{self.group_names[t]}"
-            if task is None or shared is None:
-                feature = shared if task is None else task
-                if feature is None:
-                    raise ValueError(f"{merge.name}: task {t + 1} has neither its own nor a shared stream.")
-            elif merge.mode == "sum":
-                feature = _Stream(shared.width, task.pieces + shared.pieces)
-            else:
-                projection = merge.projections[merge._projection_slot[t]]
-                kernel = np.asarray(projection.kernel.numpy())
-                bias = np.asarray(projection.bias.numpy()) if projection.use_bias else None
-                output = self.linear(
-                    [(task, 0), (shared, task.width)], kernel, bias, reference, base, projection.dtype_policy
-                )
-                feature = _Stream(projection.units, (_Piece(output, np.arange(projection.units)),))
+            feature = self.merge(merge, merge.mode, t, streams[t], streams[-1], reference, base)
             features.append(self.ensure_pieces(feature, reference, base))
         return features
 

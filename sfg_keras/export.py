@@ -3,18 +3,19 @@
 `export_model` writes, under `export_dir`:
 
 * `<name>/<version>/`: a SavedModel (the layout TF Serving's `--model_base_path` expects) with one input `images`
-  (`[None, *spatial, channels]`, float32) and three signatures:
+  (`[None, *spatial, channels]`, float32) and three signatures, all with the outputs of `sfg_keras.inference`'s
+  prediction schema flattened to `<task>_<key>`: `<task>_mean` and `<task>_std` for regression tasks,
+  `<task>_probabilities`, `<task>_label` and `<task>_entropy` for classification and segmentation tasks
+  (`sfg_keras.groups.PREDICTION_KEYS`):
 
   * `serving_default`: the Monte-Carlo aggregated prediction (`sfg_keras.inference.monte_carlo_outputs` with
-    `num_samples` fixed at export): `<task>_mean` and `<task>_std` for regression tasks, `<task>_probabilities`,
-    `<task>_mode` and `<task>_entropy` for classification and segmentation tasks;
-  * `map`: the deterministic MAP architecture (`sfg_keras.inference.map_outputs`): `<task>_prediction` for
-    regression, `<task>_probabilities` and `<task>_label` otherwise;
-  * `expected`: the deterministic expected network (`sfg_keras.inference.expected_outputs`), outputs as `map`;
+    `num_samples` fixed at export; `label` is the majority vote, `entropy` that of the mean probabilities);
+  * `map`: the deterministic MAP architecture (`sfg_keras.inference.map_outputs`; `std` is zero);
+  * `expected`: the deterministic expected network (`sfg_keras.inference.expected_outputs`; `std` is zero);
 
 * `<name>.keras`: the model itself (`model.save`; the latest export overwrites it);
 * with `include_compact`: `<name>_compact/<version>/`, the compact MAP model (`sfg_keras.compact`) as a SavedModel
-  whose `serving_default` has the outputs of `map`, and `<name>_compact.keras`.
+  whose `serving_default` has the outputs of `map` (same keys), and `<name>_compact.keras`.
 
 Serving never changes the model: every signature runs with `training=False`, so no batch-normalisation statistic
 is written; only the seed generators of the SFG layers advance in `serving_default` (fresh samples per request).
@@ -37,10 +38,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from sfg_keras.compact import compact_map_model, model_input_shape
-from sfg_keras.inference import expected_outputs, map_outputs, monte_carlo_outputs
+from sfg_keras.groups import PREDICTION_KEYS, prediction_kind
+from sfg_keras.inference import prediction_outputs, single_pass_predictions
 from sfg_keras.models.sfg_network import SFGNetwork
 
 INPUT_NAME = "images"
@@ -49,43 +50,29 @@ EXPECTED_SIGNATURE = "expected"
 DEFAULT_SIGNATURE = "serving_default"
 
 
+# Signature name -> inference mode (`sfg_keras.inference.prediction_outputs`).
+_SIGNATURE_MODES = {DEFAULT_SIGNATURE: "mc", MAP_SIGNATURE: "map", EXPECTED_SIGNATURE: "expected"}
+
+
 def _flatten(outputs: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:
     return {f"{task}_{key}": value for task, values in outputs.items() for key, value in values.items()}
 
 
-def _map_from_logits(model: SFGNetwork, raw: dict) -> dict[str, tf.Tensor]:
-    flat = {}
-    for task in model.tasks:
-        y = ops.cast(raw[task.name], "float32")
-        if task.is_categorical:
-            flat[f"{task.name}_probabilities"] = ops.softmax(y, axis=-1)
-            flat[f"{task.name}_label"] = ops.argmax(y, axis=-1)
-        else:
-            flat[f"{task.name}_prediction"] = y
-    return flat
-
-
 def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
-    """The output names of every exported signature (the compact model's `serving_default` has those of `map`).
+    """The output names of every exported signature: the same `<task>_<key>` names for each of them (the compact
+    model's `serving_default` has them too).
 
     Example:
 
     ```python
-    signature_outputs(model)
-    # {"serving_default": ["age_mean", "age_std", "gender_probabilities", "gender_mode", "gender_entropy"],
-    #  "map": ["age_prediction", "gender_probabilities", "gender_label"],
-    #  "expected": ["age_prediction", "gender_probabilities", "gender_label"]}
+    signature_outputs(model)["map"]
+    # ["age_mean", "age_std", "gender_probabilities", "gender_label", "gender_entropy"]
     ```
     """
-    default, deterministic = [], []
-    for task in model.tasks:
-        if task.is_categorical:
-            default += [f"{task.name}_probabilities", f"{task.name}_mode", f"{task.name}_entropy"]
-            deterministic += [f"{task.name}_probabilities", f"{task.name}_label"]
-        else:
-            default += [f"{task.name}_mean", f"{task.name}_std"]
-            deterministic += [f"{task.name}_prediction"]
-    return {DEFAULT_SIGNATURE: default, MAP_SIGNATURE: deterministic, EXPECTED_SIGNATURE: list(deterministic)}
+    names = [
+        f"{task.name}_{key}" for task in model.tasks for key in PREDICTION_KEYS[prediction_kind(task.is_categorical)]
+    ]
+    return {signature: list(names) for signature in _SIGNATURE_MODES}
 
 
 def _write_archive(archive: keras.export.ExportArchive, target: Path) -> None:
@@ -100,6 +87,52 @@ def _write_archive(archive: keras.export.ExportArchive, target: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _check_export_arguments(
+    model,
+    export_dir: str | Path,
+    name: str,
+    version: int,
+    num_samples: int,
+    input_shape: Sequence[int | None] | None,
+    include_compact: bool,
+) -> tuple[Path, dict[str, Path], tuple[int | None, ...]]:
+    """Validates `export_model`'s arguments; returns the export folder as a `Path`, the version folders to write and
+    the `images` input shape (batch size free).
+
+    Raises:
+        FileExistsError: if a version folder to be written already exists.
+        ValueError: for a model that is not an `SFGNetwork`, or a bad `name`, `version`, `num_samples` or
+            `input_shape`.
+    """
+    if not isinstance(model, SFGNetwork):
+        raise ValueError(f"`model` must be an SFGNetwork. Received: model of type {type(model).__name__}")
+    if not name or not name.replace("_", "a").replace("-", "a").isalnum():
+        raise ValueError(f"`name` must be a non-empty name of letters, digits, '_' or '-'. Received: name={name!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be a positive int (TF Serving version folder). Received: version={version!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
+    export_dir = Path(export_dir)
+    targets = {"saved_model": export_dir / name / str(version)}
+    if include_compact:
+        targets["compact_saved_model"] = export_dir / f"{name}_compact" / str(version)
+    for target in targets.values():
+        if target.exists():
+            raise FileExistsError(
+                f"Export version folder {str(target)!r} already exists; choose another `version` or remove it."
+            )
+    if input_shape is None:
+        input_shape = model_input_shape(model)
+    input_shape = (None, *tuple(input_shape)[1:])
+    rank = model.sfg_layers[0].rank
+    if len(input_shape) != rank + 2 or input_shape[-1] is None:
+        raise ValueError(
+            f"`input_shape` must be (batch, {'spatial, ' * rank}channels) with a known number of channels. "
+            f"Received: input_shape={input_shape}"
+        )
+    return export_dir, targets, input_shape
 
 
 def export_model(
@@ -140,55 +173,25 @@ def export_model(
     #     -e MODEL_NAME=age_gender tensorflow/serving
     ```
     """
-    if not isinstance(model, SFGNetwork):
-        raise ValueError(f"`model` must be an SFGNetwork. Received: model of type {type(model).__name__}")
-    if not name or not name.replace("_", "a").replace("-", "a").isalnum():
-        raise ValueError(f"`name` must be a non-empty name of letters, digits, '_' or '-'. Received: name={name!r}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"`version` must be a positive int (TF Serving version folder). Received: version={version!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
-    export_dir = Path(export_dir)
-    targets = {"saved_model": export_dir / name / str(version)}
-    if include_compact:
-        targets["compact_saved_model"] = export_dir / f"{name}_compact" / str(version)
-    for target in targets.values():
-        if target.exists():
-            raise FileExistsError(
-                f"Export version folder {str(target)!r} already exists; choose another `version` or remove it."
-            )
-    if input_shape is None:
-        input_shape = model_input_shape(model)
-    input_shape = (None, *tuple(input_shape)[1:])
-    rank = model.sfg_layers[0].rank
-    if len(input_shape) != rank + 2 or input_shape[-1] is None:
-        raise ValueError(
-            f"`input_shape` must be (batch, {'spatial, ' * rank}channels) with a known number of channels. "
-            f"Received: input_shape={input_shape}"
-        )
+    export_dir, targets, input_shape = _check_export_arguments(
+        model, export_dir, name, version, num_samples, input_shape, include_compact
+    )
     spec = tf.TensorSpec(input_shape, tf.float32, name=INPUT_NAME)
 
-    def monte_carlo_signature(images):
-        return _flatten(monte_carlo_outputs(model, images, num_samples=num_samples))
-
-    def map_signature(images):
-        return _flatten(map_outputs(model, images))
-
-    def expected_signature(images):
-        return _flatten(expected_outputs(model, images))
+    def signature(mode: str):
+        return lambda images: _flatten(prediction_outputs(model, images, mode=mode, num_samples=num_samples))
 
     # Everything is translated and traced before the first file is written, so a failure leaves no version behind.
     archives = {"saved_model": keras.export.ExportArchive()}
     archives["saved_model"].track(model)
-    archives["saved_model"].add_endpoint(DEFAULT_SIGNATURE, monte_carlo_signature, input_signature=[spec])
-    archives["saved_model"].add_endpoint(MAP_SIGNATURE, map_signature, input_signature=[spec])
-    archives["saved_model"].add_endpoint(EXPECTED_SIGNATURE, expected_signature, input_signature=[spec])
+    for signature_name, mode in _SIGNATURE_MODES.items():
+        archives["saved_model"].add_endpoint(signature_name, signature(mode), input_signature=[spec])
     compact = None
     if include_compact:
         compact = compact_map_model(model, input_shape)
 
         def compact_signature(images):
-            return _map_from_logits(model, compact(images, training=False))
+            return _flatten(single_pass_predictions(model.tasks, compact(images, training=False)))
 
         archives["compact_saved_model"] = keras.export.ExportArchive()
         archives["compact_saved_model"].track(compact)
@@ -230,7 +233,8 @@ def serving_request_examples(
     ```python
     request = serving_request_examples(np.zeros((2, 8, 8, 3)), name="age_gender")["map"]
     # curl -X POST request["url"] -d request["body"]
-    # -> {"outputs": {"age_prediction": [[...]], "gender_probabilities": [[...]], "gender_label": [...]}}
+    # -> {"outputs": {"age_mean": [[...]], "age_std": [[...]], "gender_probabilities": [[...]],
+    #                 "gender_label": [...], "gender_entropy": [...]}}
     ```
     """
     array = np.asarray(images, dtype="float32")

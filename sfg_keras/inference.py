@@ -1,6 +1,6 @@
-"""Monte-Carlo, MAP and expected-network prediction for SFG networks.
+"""Monte-Carlo, MAP and expected-network prediction for SFG networks, with one output schema.
 
-Three inference modes:
+Three inference modes, one entry point `predict(model, x, mode=...)`:
 
 * `mc` (`mc_predict`, the paper): `N` sampled architectures, aggregated (below). Use it when you want
   uncertainty (standard deviation, predictive entropy) or to reproduce the paper.
@@ -11,11 +11,17 @@ Three inference modes:
   the Monte-Carlo mean without its cost; use it while `p` is still far from one-hot (short runs, the `fast`
   recipe's soft samples), where the MAP network was never trained as such.
 
-Stochastic inference draws a fresh architecture for every pass; `N` passes are aggregated per task:
+Every mode returns the same keys per task (`sfg_keras.groups.PREDICTION_KEYS`):
 
-* regression: `mean` and `std` (population standard deviation over the passes);
-* classification / segmentation: `probabilities` (mean softmax), `mode` (majority vote of the per-pass argmax;
-  ties go to the lower class) and `entropy` (predictive entropy of the mean probabilities, nats).
+* regression: `mean` and `std` (Monte-Carlo: mean and population standard deviation over the passes;
+  deterministic modes: the pass itself and zeros);
+* classification / segmentation: `probabilities` (softmax; Monte-Carlo: mean softmax over the passes), `label`
+  (argmax; Monte-Carlo: majority vote of the per-pass argmax; ties go to the lower class) and `entropy`
+  (predictive entropy of `probabilities`, nats).
+
+The numpy functions (`predict`, `mc_predict`, `map_predict`, `expected_predict`) return `label` as int64 and the
+rest as float32; the graph functions (`prediction_outputs`, `monte_carlo_outputs`, `map_outputs`,
+`expected_outputs`, used by the exported signatures) return tensors with the same keys.
 
 Sampling is vectorised: a batch of `B` inputs is tiled `n` times along the batch axis and run as one forward pass
 inside `sampling_scope(stochastic=True, num_samples=n)`, so per-example sampling gives `n` independent
@@ -34,8 +40,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from sfg_keras.groups import PREDICTION_KEYS, entropy, majority_vote, prediction_kind
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
+
+MODES = ("mc", "map", "expected")
+"""The inference modes of `predict`: Monte-Carlo, MAP architecture, expected network."""
 
 # Compiled inference functions per model, reused across calls (tracing a deep network costs seconds). Keyed weakly
 # by the model; the functions reach the model through a weak reference, so a deleted model frees its entry.
@@ -58,6 +68,53 @@ def _split_passes(outputs: dict, tasks, num_samples: int) -> dict:
     return split
 
 
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    return mode
+
+
+def _task_prediction(task, first, second, xp=ops) -> dict:
+    """One task's prediction in the common schema.
+
+    Categorical tasks: `first` are the probabilities, `second` the labels; the entropy is computed here. Regression
+    tasks: `first` is the mean, `second` the standard deviation.
+    """
+    kind = prediction_kind(task.is_categorical)
+    values = (first, second, entropy(first, xp=xp)) if kind == "categorical" else (first, second)
+    return dict(zip(PREDICTION_KEYS[kind], values))
+
+
+def single_pass_predictions(tasks, outputs: dict) -> dict[str, dict[str, tf.Tensor]]:
+    """The prediction schema of one deterministic pass, from the raw head outputs (graph-compatible).
+
+    Regression: `{"mean": y, "std": zeros}`; categorical: `{"probabilities": softmax(y), "label": argmax(y),
+    "entropy": H(softmax(y))}` (argmax ties go to the lower class).
+
+    Args:
+        tasks: the model's `TaskHead`s.
+        outputs: `{task_name: tensor}`, the raw head outputs (regression values, class logits), e.g. of
+            `model(x, training=False)` or of a compact MAP model.
+
+    Returns:
+        `{task_name: {key: tensor}}` with the keys of `sfg_keras.groups.PREDICTION_KEYS`.
+
+    Example:
+
+    ```python
+    single_pass_predictions(model.tasks, compact(images))["gender"]["label"]
+    ```
+    """
+    results = {}
+    for task in tasks:
+        y = ops.cast(outputs[task.name], "float32")
+        if task.is_categorical:
+            results[task.name] = _task_prediction(task, ops.softmax(y, axis=-1), majority_vote(y, xp=ops))
+        else:
+            results[task.name] = _task_prediction(task, y, ops.zeros_like(y))
+    return results
+
+
 def monte_carlo_sums(model: SFGNetwork, x, num_samples: int) -> dict[str, dict[str, tf.Tensor]]:
     """One vectorised chunk of `num_samples` stochastic passes, returned as sums (graph- and XLA-compatible).
 
@@ -73,7 +130,7 @@ def monte_carlo_sums(model: SFGNetwork, x, num_samples: int) -> dict[str, dict[s
         if task.is_categorical:
             sums[task.name] = {
                 "prob_sum": ops.sum(ops.softmax(y, axis=-1), axis=0),
-                "votes": ops.sum(ops.one_hot(ops.argmax(y, axis=-1), task.units), axis=0),
+                "votes": ops.sum(ops.one_hot(majority_vote(y, xp=ops), task.units), axis=0),
             }
         else:
             sums[task.name] = {"sum": ops.sum(y, axis=0), "sum_sq": ops.sum(ops.square(y), axis=0)}
@@ -85,23 +142,20 @@ def _finalise(sums: dict, tasks, num_samples: int, module=ops) -> dict:
     for task in tasks:
         s = sums[task.name]
         if task.is_categorical:
-            probs = s["prob_sum"] / num_samples
-            entropy = -module.sum(probs * module.log(module.maximum(probs, 1e-12)), axis=-1)
-            results[task.name] = {
-                "probabilities": probs,
-                "mode": module.argmax(s["votes"], axis=-1),
-                "entropy": entropy,
-            }
+            label = majority_vote(s["votes"], xp=module)
+            results[task.name] = _task_prediction(task, s["prob_sum"] / num_samples, label, xp=module)
         else:
             mean = s["sum"] / num_samples
             variance = module.maximum(s["sum_sq"] / num_samples - module.square(mean), 0.0)
-            results[task.name] = {"mean": mean, "std": module.sqrt(variance)}
+            results[task.name] = _task_prediction(task, mean, module.sqrt(variance), xp=module)
     return results
 
 
 def monte_carlo_outputs(model: SFGNetwork, x, num_samples: int = 50) -> dict[str, dict[str, tf.Tensor]]:
     """Aggregated Monte-Carlo prediction of one batch in a single vectorised pass (graph-compatible; used by the
     exported `serving_default` signature).
+
+    Returns the schema of `predict` as tensors.
 
     Example:
 
@@ -111,6 +165,66 @@ def monte_carlo_outputs(model: SFGNetwork, x, num_samples: int = 50) -> dict[str
     ```
     """
     return _finalise(monte_carlo_sums(model, x, num_samples), model.tasks, num_samples)
+
+
+def map_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
+    """Deterministic prediction with the MAP architecture (`argmax p` per kernel), graph-compatible.
+
+    Returns the schema of `predict` as tensors (`std` is zero).
+
+    Example:
+
+    ```python
+    map_outputs(model, images)["gender"]["label"]
+    ```
+    """
+    return _deterministic_outputs(model, x, "map")
+
+
+def expected_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
+    """Deterministic prediction with the expected network, graph-compatible.
+
+    Every SFG layer weights each group's output by the kernel's expected assignment (`p` for straight-through hard
+    sampling, the mean relaxed sample for `hard=False`): the network that training averages over, so its
+    predictions track the Monte-Carlo mean at the cost of one pass. Same schema as `map_outputs`.
+
+    Example:
+
+    ```python
+    expected_outputs(model, images)["age"]["mean"]
+    ```
+    """
+    return _deterministic_outputs(model, x, "expected")
+
+
+def _deterministic_outputs(model: SFGNetwork, x, mode: str) -> dict[str, dict[str, tf.Tensor]]:
+    with sampling_scope(stochastic=False, deterministic=mode):
+        outputs = model(x, training=False, stochastic=False)
+    return single_pass_predictions(model.tasks, outputs)
+
+
+def prediction_outputs(model: SFGNetwork, x, mode: str = "mc", num_samples: int = 50) -> dict[str, dict]:
+    """The prediction of one batch in any mode, graph-compatible (what the exported signatures compute).
+
+    Args:
+        model: an `SFGNetwork`.
+        x: one batch, a tensor `[B, ...]`.
+        mode: str. `"mc"` (`monte_carlo_outputs`), `"map"` (`map_outputs`) or `"expected"`
+            (`expected_outputs`). Defaults to `"mc"`.
+        num_samples: int. Sampled architectures of `"mc"`. Defaults to 50.
+
+    Returns:
+        `{task: {key: tensor}}` with the keys of `sfg_keras.groups.PREDICTION_KEYS`.
+
+    Example:
+
+    ```python
+    tf.function(lambda images: prediction_outputs(model, images, mode="map"))(batch)
+    ```
+    """
+    if _check_mode(mode) == "mc":
+        return monte_carlo_outputs(model, x, num_samples=num_samples)
+    return _deterministic_outputs(model, x, mode)
 
 
 def _batches(x, batch_size: int) -> Iterable[np.ndarray]:
@@ -123,6 +237,63 @@ def _batches(x, batch_size: int) -> Iterable[np.ndarray]:
         yield x[start : start + batch_size]
 
 
+def _collect(x, batch_size: int, predict_batch: Callable) -> dict[str, dict[str, np.ndarray]]:
+    """`predict_batch` over every batch of `x`, concatenated: integer arrays (labels) as int64, the rest float32."""
+    collected: dict[str, dict[str, list]] = {}
+    for batch in _batches(x, batch_size):
+        for task, values in predict_batch(batch).items():
+            for key, value in values.items():
+                collected.setdefault(task, {}).setdefault(key, []).append(np.asarray(value))
+    results = {}
+    for task, values in collected.items():
+        results[task] = {}
+        for key, parts in values.items():
+            array = np.concatenate(parts, axis=0)
+            results[task][key] = array.astype("int64" if np.issubdtype(array.dtype, np.integer) else "float32")
+    return results
+
+
+def predict(
+    model: SFGNetwork,
+    x,
+    mode: str = "mc",
+    num_samples: int = 50,
+    batch_size: int = 8,
+    samples_per_pass: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Prediction in any inference mode, with the same output keys for every mode.
+
+    Args:
+        model: an `SFGNetwork`.
+        x: numpy array `[N, ...]` or a `tf.data.Dataset` of batches (of inputs or `(inputs, targets)`).
+        mode: str. `"mc"` (`mc_predict`: `num_samples` sampled architectures, the paper), `"map"` (`map_predict`:
+            the MAP architecture) or `"expected"` (`expected_predict`: the expected network). Defaults to `"mc"`.
+        num_samples: int. Sampled architectures of `"mc"` (ignored otherwise). Defaults to 50.
+        batch_size: int. Batch size for numpy input: the batch whose statistics batch-statistics normalisation
+            uses. Defaults to 8.
+        samples_per_pass: int or None. Passes stacked in one forward pass by `"mc"` (see `mc_predict`).
+
+    Returns:
+        `{task: {"mean", "std"}}` for regression and `{task: {"probabilities", "label", "entropy"}}` for
+        classification and segmentation (`sfg_keras.groups.PREDICTION_KEYS`): numpy arrays with the inputs'
+        leading dimension, `label` int64, the rest float32. Deterministic modes give `std = 0`.
+
+    Raises:
+        ValueError: for an unknown `mode` or a bad `num_samples`.
+
+    Example:
+
+    ```python
+    out = predict(model, images, mode="expected")
+    out["age"]["mean"], out["gender"]["label"], out["gender"]["entropy"]
+    ```
+    """
+    if _check_mode(mode) == "mc":
+        return mc_predict(model, x, num_samples=num_samples, batch_size=batch_size, samples_per_pass=samples_per_pass)
+    function = _compiled(model, mode, map_outputs if mode == "map" else expected_outputs)
+    return _collect(x, batch_size, lambda batch: function(tf.convert_to_tensor(batch)))
+
+
 def mc_predict(
     model: SFGNetwork,
     x,
@@ -130,23 +301,21 @@ def mc_predict(
     batch_size: int = 8,
     samples_per_pass: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Monte-Carlo prediction with `num_samples` stochastic architectures per input.
-
-    Args:
-        model: an `SFGNetwork`.
-        x: numpy array `[N, ...]` or a `tf.data.Dataset` of batches (of inputs or `(inputs, targets)`).
-        num_samples: int. Number of sampled architectures. Defaults to 50.
-        batch_size: int. Batch size for numpy input: the batch whose statistics batch-statistics normalisation
-            uses. Defaults to 8.
-        samples_per_pass: int or None. How many passes are stacked in one vectorised forward pass (memory
-            control). Defaults to `num_samples` capped so that one pass holds at most 512 examples.
+    """Monte-Carlo prediction with `num_samples` stochastic architectures per input (`predict(mode="mc")`).
 
     A network without sampled layers (every SFG layer has a fixed assignment: the baselines) gives the same pass
     every time, so it is computed once.
 
+    Args:
+        model, x, batch_size: as for `predict`.
+        num_samples: int. Number of sampled architectures. Defaults to 50.
+        samples_per_pass: int or None. How many passes are stacked in one vectorised forward pass (memory
+            control). Defaults to `num_samples` capped so that one pass holds at most 512 examples.
+
     Returns:
-        `{task: {"mean", "std"}}` for regression, `{task: {"probabilities", "mode", "entropy"}}` for
-        classification and segmentation, numpy arrays with the inputs' leading dimension.
+        `{task: {"mean", "std"}}` for regression, `{task: {"probabilities", "label", "entropy"}}` for
+        classification and segmentation (`label`: majority vote of the per-pass argmax, ties to the lower class;
+        `entropy`: of the mean probabilities), numpy arrays with the inputs' leading dimension.
 
     Example:
 
@@ -155,7 +324,7 @@ def mc_predict(
     age, age_std = out["age"]["mean"], out["age"]["std"]
     ```
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int. Received: num_samples={num_samples!r}")
 
     def chunk_function(n: int):
@@ -164,8 +333,8 @@ def mc_predict(
     # A network whose SFG layers all have fixed assignments (the baselines) computes the same pass every time: one
     # pass stands for all of them.
     samples_differ = any(not layer.is_fixed for layer in model.sfg_layers)
-    collected: dict[str, dict[str, list]] = {}
-    for batch in _batches(x, batch_size):
+
+    def predict_batch(batch):
         batch = tf.convert_to_tensor(batch, dtype=model.compute_dtype if model.compute_dtype != "float16" else None)
         per_pass = samples_per_pass or max(1, min(num_samples, 512 // max(1, int(batch.shape[0]))))
         totals = None
@@ -183,63 +352,26 @@ def mc_predict(
             sums = {t: {k: v.numpy().astype("float64") for k, v in d.items()} for t, d in sums.items()}
             totals = sums if totals is None else {t: {k: totals[t][k] + sums[t][k] for k in d} for t, d in sums.items()}
             remaining -= n
-        finals = _finalise(totals, model.tasks, num_samples, module=np)
-        for task, values in finals.items():
-            for key, value in values.items():
-                collected.setdefault(task, {}).setdefault(key, []).append(np.asarray(value))
-    return {
-        task: {key: np.concatenate(parts, axis=0).astype("int64" if key == "mode" else "float32")
-               for key, parts in values.items()}
-        for task, values in collected.items()
-    }
+        return _finalise(totals, model.tasks, num_samples, module=np)
 
-
-def map_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
-    """Deterministic prediction with the MAP architecture (`argmax p` per kernel), graph-compatible.
-
-    Returns `{task: {"prediction"}}` for regression and `{task: {"probabilities", "label"}}` otherwise.
-    """
-    return _deterministic_outputs(model, x, "map")
-
-
-def expected_outputs(model: SFGNetwork, x) -> dict[str, dict[str, tf.Tensor]]:
-    """Deterministic prediction with the expected network, graph-compatible.
-
-    Every SFG layer weights each group's output by the kernel's expected assignment (`p` for straight-through hard
-    sampling, the mean relaxed sample for `hard=False`): the network that training averages over, so its
-    predictions track the Monte-Carlo mean at the cost of one pass. Same schema as `map_outputs`.
-    """
-    return _deterministic_outputs(model, x, "expected")
-
-
-def _deterministic_outputs(model: SFGNetwork, x, mode: str) -> dict[str, dict[str, tf.Tensor]]:
-    with sampling_scope(stochastic=False, deterministic=mode):
-        outputs = model(x, training=False, stochastic=False)
-    results = {}
-    for task in model.tasks:
-        y = ops.cast(outputs[task.name], "float32")
-        if task.is_categorical:
-            results[task.name] = {"probabilities": ops.softmax(y, axis=-1), "label": ops.argmax(y, axis=-1)}
-        else:
-            results[task.name] = {"prediction": y}
-    return results
+    return _collect(x, batch_size, predict_batch)
 
 
 def map_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
-    """`map_outputs` over numpy input or a dataset, batch by batch, returned as numpy arrays.
+    """`map_outputs` over numpy input or a dataset, batch by batch, as numpy arrays (`predict(mode="map")`).
 
     Example:
 
     ```python
     out = map_predict(model, images)
-    out["gender"]["label"]
+    out["gender"]["label"], out["age"]["mean"]
     ```
     """
-    return _deterministic_predict(model, x, batch_size, "map")
+    return predict(model, x, mode="map", batch_size=batch_size)
 
 
 def expected_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
-    """`expected_outputs` over numpy input or a dataset, batch by batch, returned as numpy arrays.
+    """`expected_outputs` over numpy input or a dataset, as numpy arrays (`predict(mode="expected")`).
 
     Use it instead of `map_predict` while `p` is far from one-hot (early in training, or with a soft recipe): the
     MAP architecture is then a network that was never trained, the expected network is the one training averaged.
@@ -248,36 +380,26 @@ def expected_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dic
 
     ```python
     out = expected_predict(model, images)
-    out["age"]["prediction"]
+    out["age"]["mean"]
     ```
     """
-    return _deterministic_predict(model, x, batch_size, "expected")
+    return predict(model, x, mode="expected", batch_size=batch_size)
 
 
 def deterministic_predict(
     model: SFGNetwork, x, mode: str = "map", batch_size: int = 8
 ) -> dict[str, dict[str, np.ndarray]]:
-    """`map_predict` (`mode="map"`) or `expected_predict` (`mode="expected"`).
+    """`map_predict` (`mode="map"`) or `expected_predict` (`mode="expected"`); prefer `predict`.
 
     Example:
 
     ```python
-    out = deterministic_predict(model, images, mode=settings.inference.inference_mode)
+    out = deterministic_predict(model, images, mode="expected")
     ```
     """
     if mode not in ("map", "expected"):
         raise ValueError(f"`mode` must be 'map' or 'expected'. Received: mode={mode!r}")
-    return _deterministic_predict(model, x, batch_size, mode)
-
-
-def _deterministic_predict(model: SFGNetwork, x, batch_size: int, mode: str) -> dict[str, dict[str, np.ndarray]]:
-    function = _compiled(model, mode, map_outputs if mode == "map" else expected_outputs)
-    collected: dict[str, dict[str, list]] = {}
-    for batch in _batches(x, batch_size):
-        for task, values in function(tf.convert_to_tensor(batch)).items():
-            for key, value in values.items():
-                collected.setdefault(task, {}).setdefault(key, []).append(value.numpy())
-    return {task: {k: np.concatenate(v, axis=0) for k, v in values.items()} for task, values in collected.items()}
+    return predict(model, x, mode=mode, batch_size=batch_size)
 
 
 def stochastic_pass(model: keras.Model, x):

@@ -10,7 +10,7 @@ import pytest
 
 from sfg_keras.analysis import load_grouping_history, save_grouping_history, write_grouping_report
 from sfg_keras.layers import SFGConv
-from sfg_keras.models import TaskHead, sfg_small_cnn
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
 
 TWO_TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 2)]
 THREE_TASKS = TWO_TASKS + [TaskHead("smile", "classification", 2)]
@@ -18,7 +18,7 @@ LAYERS = ("sfg_conv_1", "sfg_conv_2")
 
 
 def _model(tasks):
-    model = sfg_small_cnn(tasks, widths=(6, 10), init_mode="random", seed=5)
+    model = sfg_small_cnn(tasks, NetworkOptions(init_mode="random", seed=5), widths=(6, 10))
     model.build((None, 8, 8, 3))
     return model
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from sfg_keras.export import export_model, serving_request_examples, signature_outputs
-from sfg_keras.inference import expected_predict, map_outputs, mc_predict
-from sfg_keras.models import TaskHead, sfg_small_cnn
+from sfg_keras.groups import PREDICTION_KEYS
+from sfg_keras.inference import expected_predict, map_outputs, mc_predict, predict
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 3)]
 NUM_SAMPLES = 40
@@ -69,7 +70,7 @@ with open(report_path, "w") as handle:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(7)
-    model = sfg_small_cnn(TASKS, widths=(8, 8), init_mode="random", seed=11)
+    model = sfg_small_cnn(TASKS, NetworkOptions(init_mode="random", seed=11), widths=(8, 8))
     model.build((None, SIZE, SIZE, 3))
     rng = np.random.default_rng(0)
     for variable in model.variables:
@@ -123,7 +124,7 @@ def test_loader_did_not_import_sfg_keras(exported):
 def test_map_signature_matches_in_process_map_outputs(exported):
     outputs, model = exported["outputs"], exported["model"]
     reference = map_outputs(model, exported["images"])
-    np.testing.assert_allclose(outputs["map_first/age_prediction"], reference["age"]["prediction"], atol=1e-5)
+    np.testing.assert_allclose(outputs["map_first/age_mean"], reference["age"]["mean"], atol=1e-5)
     np.testing.assert_allclose(
         outputs["map_first/gender_probabilities"], reference["gender"]["probabilities"], atol=1e-5
     )
@@ -135,14 +136,14 @@ def test_serving_default_is_monte_carlo(exported):
     n = len(exported["images"])
     assert outputs["mc_0/age_mean"].shape == (n, 1) and outputs["mc_0/age_std"].shape == (n, 1)
     assert outputs["mc_0/gender_probabilities"].shape == (n, 3)
-    assert outputs["mc_0/gender_mode"].shape == (n,) and outputs["mc_0/gender_entropy"].shape == (n,)
+    assert outputs["mc_0/gender_label"].shape == (n,) and outputs["mc_0/gender_entropy"].shape == (n,)
     for call in range(3):
         probabilities = outputs[f"mc_{call}/gender_probabilities"]
         np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
         assert np.all(outputs[f"mc_{call}/age_std"] >= 0)
         assert np.all(outputs[f"mc_{call}/gender_entropy"] >= -1e-6)
         assert np.all(outputs[f"mc_{call}/gender_entropy"] <= np.log(3) + 1e-5)
-        assert set(np.unique(outputs[f"mc_{call}/gender_mode"])) <= {0, 1, 2}
+        assert set(np.unique(outputs[f"mc_{call}/gender_label"])) <= {0, 1, 2}
     # Fresh samples on every request: the seed generator advances.
     assert not np.array_equal(outputs["mc_0/age_mean"], outputs["mc_1/age_mean"])
     assert np.any(outputs["mc_0/age_std"] > 0)
@@ -156,7 +157,7 @@ def test_serving_default_is_monte_carlo(exported):
 
 def test_serving_never_mutates_model_state(exported):
     outputs, report = exported["outputs"], exported["report"]
-    for key in ("age_prediction", "gender_probabilities", "gender_label"):
+    for key in ("age_mean", "age_std", "gender_probabilities", "gender_label", "gender_entropy"):
         assert np.array_equal(outputs[f"map_first/{key}"], outputs[f"map_after/{key}"])
     assert report["num_variables"] > 0
     assert report["changed"] and all("seed_generator" in name for name in report["changed"]), report["changed"]
@@ -168,14 +169,14 @@ def test_serving_never_mutates_model_state(exported):
 def test_expected_signature_matches_expected_predict(exported):
     outputs = exported["outputs"]
     local = expected_predict(exported["model"], exported["images"], batch_size=4)
-    np.testing.assert_allclose(outputs["expected/age_prediction"], local["age"]["prediction"], atol=1e-5)
+    np.testing.assert_allclose(outputs["expected/age_mean"], local["age"]["mean"], atol=1e-5)
     np.testing.assert_allclose(outputs["expected/gender_probabilities"], local["gender"]["probabilities"], atol=1e-5)
-    assert not np.allclose(outputs["expected/age_prediction"], outputs["map_first/age_prediction"], atol=1e-4)
+    assert not np.allclose(outputs["expected/age_mean"], outputs["map_first/age_mean"], atol=1e-4)
 
 
 def test_compact_saved_model_matches_map(exported):
     outputs = exported["outputs"]
-    for key in ("age_prediction", "gender_probabilities"):
+    for key in ("age_mean", "age_std", "gender_probabilities", "gender_entropy"):
         np.testing.assert_allclose(outputs[f"compact/{key}"], outputs[f"map_first/{key}"], atol=1e-5)
     np.testing.assert_array_equal(outputs["compact/gender_label"], outputs["map_first/gender_label"])
     assert {k.split("/", 1)[1] for k in outputs if k.startswith("compact/")} == set(
@@ -224,6 +225,25 @@ def test_export_argument_errors(exported, tmp_path):
     with pytest.raises(ValueError, match="SFGNetwork"):
         export_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_every_signature_has_the_prediction_schema(exported):
+    """serving_default, map, expected and the compact model return the keys of `predict` for every mode."""
+    outputs, model = exported["outputs"], exported["model"]
+    names = [f"age_{key}" for key in PREDICTION_KEYS["regression"]]
+    names += [f"gender_{key}" for key in PREDICTION_KEYS["categorical"]]
+    assert signature_outputs(model) == {"serving_default": names, "map": names, "expected": names}
+    for prefix in ("mc_0", "map_first", "expected", "compact"):
+        assert sorted(k.split("/", 1)[1] for k in outputs if k.startswith(f"{prefix}/")) == sorted(names), prefix
+        assert outputs[f"{prefix}/gender_label"].dtype.kind == "i"
+    for prefix in ("map_first", "expected", "compact"):
+        np.testing.assert_array_equal(outputs[f"{prefix}/age_std"], 0.0)
+        p = outputs[f"{prefix}/gender_probabilities"].astype("float64")
+        np.testing.assert_allclose(outputs[f"{prefix}/gender_entropy"], -(p * np.log(p)).sum(-1), atol=1e-5)
+        np.testing.assert_array_equal(outputs[f"{prefix}/gender_label"], p.argmax(-1))
+    local = predict(model, exported["images"], mode="map", batch_size=len(exported["images"]))
+    for key in PREDICTION_KEYS["categorical"]:
+        np.testing.assert_allclose(outputs[f"map_first/gender_{key}"], local["gender"][key], atol=1e-5)
 
 
 def test_serving_request_examples():

@@ -1,12 +1,24 @@
-"""Tests of Monte-Carlo and MAP inference (`sfg_keras.inference`)."""
+"""Tests of Monte-Carlo, MAP and expected inference (`sfg_keras.inference`) and their common output schema."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sfg_keras.inference import map_outputs, map_predict, mc_predict, monte_carlo_sums, stochastic_pass
-from sfg_keras.models import TaskHead, sfg_small_cnn
+from sfg_keras.groups import PREDICTION_KEYS
+from sfg_keras.inference import (
+    MODES,
+    deterministic_predict,
+    expected_outputs,
+    map_outputs,
+    map_predict,
+    mc_predict,
+    monte_carlo_outputs,
+    monte_carlo_sums,
+    predict,
+    stochastic_pass,
+)
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
 
 _TASKS = [TaskHead("size", "regression", 1), TaskHead("side", "classification", 3)]
 _DENSE_TASKS = [TaskHead("ct", "regression", 1), TaskHead("organs", "segmentation", 3)]
@@ -17,8 +29,8 @@ def _images(n=10, size=8, seed=0):
 
 
 def _model(tasks=_TASKS, dense=False, grouping="learned", sampling="per_example", seed=0):
-    model = sfg_small_cnn(tasks, widths=(6, 6), dense=dense, grouping=grouping, sampling=sampling,
-                          p0=[0.3, 0.3, 0.4], seed=seed)
+    options = NetworkOptions(grouping=grouping, sampling=sampling, p_init=(0.3, 0.3, 0.4), seed=seed)
+    model = sfg_small_cnn(tasks, options, widths=(6, 6), dense=dense)
     model.build((4, 8, 8, 1))
     rng = np.random.default_rng(seed)
     for weight in model.trainable_weights:  # a less symmetric, trained-looking state
@@ -36,21 +48,21 @@ def test_mc_predict_shapes_per_task_type():
     x = _images(10)
     out = mc_predict(model, x, num_samples=5, batch_size=4)  # batches 4, 4, 2
     assert set(out) == {"size", "side"}
-    assert set(out["size"]) == {"mean", "std"} and set(out["side"]) == {"probabilities", "mode", "entropy"}
+    assert set(out["size"]) == {"mean", "std"} and set(out["side"]) == {"probabilities", "label", "entropy"}
     assert out["size"]["mean"].shape == (10, 1) and out["size"]["std"].shape == (10, 1)
     assert out["side"]["probabilities"].shape == (10, 3)
-    assert out["side"]["mode"].shape == (10,) and out["side"]["mode"].dtype == np.int64
+    assert out["side"]["label"].shape == (10,) and out["side"]["label"].dtype == np.int64
     assert out["side"]["entropy"].shape == (10,)
     np.testing.assert_allclose(out["side"]["probabilities"].sum(-1), 1.0, atol=1e-5)
     assert np.all(out["size"]["std"] >= 0) and np.any(out["size"]["std"] > 0)
     assert np.all((out["side"]["entropy"] >= -1e-6) & (out["side"]["entropy"] <= np.log(3) + 1e-6))
-    assert set(np.unique(out["side"]["mode"])) <= {0, 1, 2}
+    assert set(np.unique(out["side"]["label"])) <= {0, 1, 2}
 
     dense = _model(_DENSE_TASKS, dense=True)
     out = mc_predict(dense, x[:5], num_samples=3, batch_size=5)
     assert out["ct"]["mean"].shape == (5, 8, 8, 1) and out["ct"]["std"].shape == (5, 8, 8, 1)
     assert out["organs"]["probabilities"].shape == (5, 8, 8, 3)
-    assert out["organs"]["mode"].shape == (5, 8, 8) and out["organs"]["entropy"].shape == (5, 8, 8)
+    assert out["organs"]["label"].shape == (5, 8, 8) and out["organs"]["entropy"].shape == (5, 8, 8)
 
 
 def test_mc_predict_accepts_datasets_and_validates():
@@ -69,12 +81,12 @@ def test_fixed_architecture_gives_the_deterministic_prediction_exactly():
     x = _images(6)
     deterministic = map_predict(model, x, batch_size=3)
     out = mc_predict(model, x, num_samples=10, batch_size=3, samples_per_pass=3)  # chunks of 3, 3, 3, 1
-    np.testing.assert_allclose(out["size"]["mean"], deterministic["size"]["prediction"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["size"]["mean"], deterministic["size"]["mean"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["size"]["std"], 0.0, atol=2e-3)
     np.testing.assert_allclose(out["side"]["probabilities"], deterministic["side"]["probabilities"], atol=1e-5)
-    np.testing.assert_array_equal(out["side"]["mode"], deterministic["side"]["label"])
+    np.testing.assert_array_equal(out["side"]["label"], deterministic["side"]["label"])
     predicted = model.predict(x, batch_size=3, verbose=0)
-    np.testing.assert_allclose(deterministic["size"]["prediction"], predicted["size"], atol=1e-5)
+    np.testing.assert_allclose(deterministic["size"]["mean"], predicted["size"], atol=1e-5)
 
 
 def test_map_predict_matches_keras_predict():
@@ -82,10 +94,10 @@ def test_map_predict_matches_keras_predict():
     x = _images(8)
     out = map_predict(model, x, batch_size=4)
     predicted = model.predict(x, batch_size=4, verbose=0)
-    np.testing.assert_allclose(out["size"]["prediction"], predicted["size"], atol=1e-5)
+    np.testing.assert_allclose(out["size"]["mean"], predicted["size"], atol=1e-5)
     np.testing.assert_array_equal(out["side"]["label"], np.argmax(predicted["side"], -1))
     graph = tf.function(lambda v: map_outputs(model, v))(tf.constant(x[:4]))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(graph["size"]["prediction"]), predicted["size"][:4],
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(graph["size"]["mean"]), predicted["size"][:4],
                                atol=1e-5)
 
 
@@ -196,3 +208,57 @@ def test_compiled_inference_is_reused_across_calls():
     other = _model(seed=5)
     mc_predict(other, x, num_samples=3, batch_size=4)
     assert inference._COMPILED[other] is not functions  # one cache per model
+
+
+def test_every_mode_returns_the_same_schema():
+    model = _model()
+    dense = _model(_DENSE_TASKS, dense=True)
+    x = _images(5)
+    for mode in MODES:
+        for net, regression, categorical in ((model, "size", "side"), (dense, "ct", "organs")):
+            out = predict(net, x, mode=mode, num_samples=3, batch_size=5)
+            assert tuple(out[regression]) == PREDICTION_KEYS["regression"], mode
+            assert tuple(out[categorical]) == PREDICTION_KEYS["categorical"], mode
+            values = out[categorical]
+            assert values["label"].dtype == np.int64 and values["probabilities"].dtype == np.float32
+            assert values["label"].shape == values["entropy"].shape == values["probabilities"].shape[:-1]
+            assert out[regression]["std"].shape == out[regression]["mean"].shape
+            if mode != "mc":
+                np.testing.assert_array_equal(out[regression]["std"], 0.0)
+                np.testing.assert_array_equal(values["label"], values["probabilities"].argmax(-1))
+            p = values["probabilities"].astype("float64")
+            np.testing.assert_allclose(values["entropy"], -(p * np.log(np.maximum(p, 1e-12))).sum(-1), atol=1e-5)
+    graph = {
+        "mc": monte_carlo_outputs(model, tf.constant(x), num_samples=2),
+        "map": map_outputs(model, tf.constant(x)),
+        "expected": expected_outputs(model, tf.constant(x)),
+    }
+    for mode, values in graph.items():
+        assert {task: tuple(v) for task, v in values.items()} == {
+            "size": PREDICTION_KEYS["regression"], "side": PREDICTION_KEYS["categorical"]
+        }, mode
+
+
+def test_predict_dispatches_and_validates_the_mode():
+    model = _model()
+    x = _images(4)
+    np.testing.assert_array_equal(predict(model, x, mode="map", batch_size=4)["size"]["mean"],
+                                  map_predict(model, x, batch_size=4)["size"]["mean"])
+    np.testing.assert_array_equal(deterministic_predict(model, x, mode="expected", batch_size=4)["side"]["label"],
+                                  predict(model, x, mode="expected", batch_size=4)["side"]["label"])
+    with pytest.raises(ValueError, match="mode='sample'"):
+        predict(model, x, mode="sample")
+    with pytest.raises(ValueError, match="mode='mc'"):
+        deterministic_predict(model, x, mode="mc")
+
+
+def test_monte_carlo_label_is_the_majority_vote_with_ties_to_the_lower_class():
+    from sfg_keras.inference import _finalise
+    from sfg_keras.models import TaskHead
+
+    task = TaskHead("side", "classification", 3)
+    votes = np.array([[1.0, 2.0, 2.0], [3.0, 0.0, 2.0], [0.0, 2.5, 2.5]])
+    sums = {"side": {"prob_sum": np.full((3, 3), 5.0 / 3), "votes": votes}}
+    out = _finalise(sums, [task], num_samples=5, module=np)["side"]
+    assert out["label"].tolist() == [1, 0, 1]
+    np.testing.assert_allclose(out["entropy"], np.log(3.0))

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from sfg_keras.inference import map_predict, mc_predict
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import TaskHead, sfg_highresnet, sfg_small_cnn, sfg_vgg11
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_highresnet, sfg_small_cnn, sfg_vgg11
 
 FIXED = ("hard_sharing", "constant_mask", "single_task", "cross_stitch")
 TASKS = {
@@ -47,9 +47,10 @@ def _step(model, x, packed, moving):
     )
 
 
-def _build(grouping, num_tasks, builder=sfg_small_cnn, size=8, **kwargs):
+def _build(grouping, num_tasks, builder=sfg_small_cnn, size=8, widths=None, **kwargs):
     keras.utils.set_random_seed(1)
-    model = builder(TASKS[num_tasks], grouping=grouping, seed=3, **kwargs)
+    structure = {} if widths is None else {"widths": widths}
+    model = builder(TASKS[num_tasks], NetworkOptions(grouping=grouping, seed=3, **kwargs), **structure)
     model.build((None, size, size, 2))
     _perturb(model)
     return model
@@ -92,7 +93,7 @@ def test_packed_inference_equals_dense_for_every_mode(grouping):
         inference._COMPILED.pop(model, None)  # the compiled functions were traced with one path
     for key in ("digit", "size"):
         np.testing.assert_allclose(results[True]["train_false"][key], results[False]["train_false"][key], atol=1e-5)
-    np.testing.assert_allclose(results[True]["map"]["size"]["prediction"], results[False]["map"]["size"]["prediction"],
+    np.testing.assert_allclose(results[True]["map"]["size"]["mean"], results[False]["map"]["size"]["mean"],
                                atol=1e-5)
     np.testing.assert_allclose(results[True]["mc"]["digit"]["probabilities"],
                                results[False]["mc"]["digit"]["probabilities"], atol=1e-5)
@@ -142,10 +143,10 @@ def test_mc_predict_of_a_fixed_network_is_one_pass_and_exact():
     x = np.array(_images(batch=6))
     mc = mc_predict(model, x, num_samples=7, batch_size=3)
     deterministic = map_predict(model, x, batch_size=3)
-    np.testing.assert_allclose(mc["size"]["mean"], deterministic["size"]["prediction"], atol=1e-6)
+    np.testing.assert_allclose(mc["size"]["mean"], deterministic["size"]["mean"], atol=1e-6)
     np.testing.assert_allclose(mc["size"]["std"], 0.0, atol=1e-6)
     np.testing.assert_allclose(mc["digit"]["probabilities"], deterministic["digit"]["probabilities"], atol=1e-6)
-    np.testing.assert_array_equal(mc["digit"]["mode"], deterministic["digit"]["label"])
+    np.testing.assert_array_equal(mc["digit"]["label"], deterministic["digit"]["label"])
     from sfg_keras import inference
 
     assert ("monte_carlo", 1) in inference._COMPILED[model] and ("monte_carlo", 7) not in inference._COMPILED[model]

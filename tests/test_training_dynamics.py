@@ -11,8 +11,8 @@ from sfg_keras.config import load_settings
 from sfg_keras.inference import expected_outputs, expected_predict, map_predict, mc_predict
 from sfg_keras.layers import SFGConv, TemperatureSchedule, sampling_scope
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import TaskHead, sfg_small_cnn
-from sfg_keras.recipes import RECIPES, recipe_options, recipe_p0, recipe_values
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
+from sfg_keras.recipes import RECIPES, recipe_p0, recipe_values
 
 TASKS = [TaskHead("digit", "classification", 3), TaskHead("size", "regression", 1)]
 
@@ -88,9 +88,10 @@ def test_invalid_multiplier_is_refused():
 
 
 def test_network_builder_passes_the_multiplier_to_learned_layers_only():
-    learned = sfg_small_cnn(TASKS, widths=(4, 4), grouping="learned", grouping_lr_multiplier=7.0, seed=0)
+    options = NetworkOptions(grouping="learned", grouping_lr_multiplier=7.0, seed=0)
+    learned = sfg_small_cnn(TASKS, options, widths=(4, 4))
     assert {layer.grouping_lr_multiplier for layer in learned.sfg_layers} == {7.0}
-    hard = sfg_small_cnn(TASKS, widths=(4, 4), grouping="hard_sharing", grouping_lr_multiplier=7.0, seed=0)
+    hard = sfg_small_cnn(TASKS, options.replace(grouping="hard_sharing"), widths=(4, 4))
     assert {layer.grouping_lr_multiplier for layer in hard.sfg_layers} == {1.0}
 
 
@@ -154,8 +155,8 @@ def test_paper_recipe_is_the_supplement(tmp_path):
     assert sfg.origin("tau_decay") == "recipe"
     # A config without a recipe key is the paper's setup too.
     assert load_settings(_config(tmp_path, "", "age, gender")).sfg.as_dict() == sfg.as_dict()
-    options = recipe_options("paper", 2, max_iter=10)
-    schedule = options["temperature_schedule"]
+    options = NetworkOptions.from_recipe("paper", 2, max_iter=10)
+    schedule = options.temperature_schedule
     assert (schedule.tau0, schedule.decay_rate, schedule.tau_min) == (1.0, 1e-5, 0.1)
 
 
@@ -248,29 +249,29 @@ def test_expected_mode_for_soft_samples_is_the_mean_relaxed_sample():
 
 def test_expected_predict_on_a_network_is_deterministic_and_matches_map_at_a_vertex():
     keras.utils.set_random_seed(0)
-    model = sfg_small_cnn(TASKS, widths=(4, 6), grouping="learned", seed=0)
+    model = sfg_small_cnn(TASKS, NetworkOptions(grouping="learned", seed=0), widths=(4, 6))
     x = _images(batch=6, size=8)
     model.build((None, 8, 8, 3))
     model.compile("adam", loss={"digit": CrossEntropy(), "size": RMSE()})
     first = expected_predict(model, x, batch_size=3)
     second = expected_predict(model, x, batch_size=3)
-    np.testing.assert_array_equal(first["size"]["prediction"], second["size"]["prediction"])
-    assert set(first["digit"]) == {"probabilities", "label"}
-    assert not np.allclose(first["size"]["prediction"], map_predict(model, x, batch_size=3)["size"]["prediction"])
+    np.testing.assert_array_equal(first["size"]["mean"], second["size"]["mean"])
+    assert set(first["digit"]) == {"probabilities", "label", "entropy"}
+    assert not np.allclose(first["size"]["mean"], map_predict(model, x, batch_size=3)["size"]["mean"])
     # At a vertex (one-hot p), the expected network is the MAP network.
     for layer in model.sfg_layers:
         logits = np.full((layer.filters, 3), -30.0, "float32")
         logits[:, 2] = 30.0
         layer.set_logits(logits)
     np.testing.assert_allclose(
-        expected_predict(model, x, batch_size=3)["size"]["prediction"],
-        map_predict(model, x, batch_size=3)["size"]["prediction"],
+        expected_predict(model, x, batch_size=3)["size"]["mean"],
+        map_predict(model, x, batch_size=3)["size"]["mean"],
         atol=1e-5,
     )
     graph = expected_outputs(model, keras.ops.convert_to_tensor(x[:3]))
     assert tuple(graph["digit"]["probabilities"].shape) == (3, 3)
     mc = mc_predict(model, x, num_samples=4, batch_size=3)
-    np.testing.assert_allclose(mc["size"]["mean"], map_predict(model, x, batch_size=3)["size"]["prediction"],
+    np.testing.assert_allclose(mc["size"]["mean"], map_predict(model, x, batch_size=3)["size"]["mean"],
                                atol=1e-4)
 
 
@@ -313,7 +314,8 @@ def test_zero_sampling_noise_trains_the_expected_network_and_still_learns_p():
 def test_network_sets_the_noise_weight_every_step():
     keras.utils.set_random_seed(0)
     schedule = TemperatureSchedule(sampling_warmup=8)
-    model = sfg_small_cnn(TASKS, widths=(4, 4), grouping="learned", seed=0, temperature_schedule=schedule)
+    options = NetworkOptions(grouping="learned", seed=0, temperature_schedule=schedule)
+    model = sfg_small_cnn(TASKS, options, widths=(4, 4))
     model.build((None, 8, 8, 3))
     model.compile("adam", loss={"digit": CrossEntropy(), "size": RMSE()})
     x = _images(batch=8, size=8)

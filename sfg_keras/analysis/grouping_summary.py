@@ -22,7 +22,23 @@ from typing import Any
 
 import numpy as np
 
-SHARED_GROUP_NAME = "shared"
+from sfg_keras.groups import SHARED, entropy, group_names, map_group
+
+SHARED_GROUP_NAME = SHARED  # the name of the shared group (kept for backward compatibility)
+__all__ = [
+    "SHARED_GROUP_NAME",
+    "group_names",
+    "group_shares",
+    "grouping_report",
+    "kernel_entropies",
+    "map_assignment",
+    "map_counts",
+    "summarize_layers",
+    "validate_layer_probabilities",
+    "validate_probabilities",
+    "write_summary_csv",
+    "write_summary_json",
+]
 ROW_SUM_TOLERANCE = 1e-4
 
 
@@ -95,50 +111,6 @@ def validate_probabilities(p: Any, name: str = "p") -> np.ndarray:
     return array
 
 
-def group_names(task_names: Sequence[str], num_groups: int | None = None) -> list[str]:
-    """Returns the group names `[*task_names, "shared"]`, in column order of `p`.
-
-    Args:
-        task_names: one distinct, non-empty name per task, e.g. `["age", "gender"]`.
-            No task may be called `"shared"`.
-        num_groups: if given, the number of columns of the probabilities the names
-            must describe (`len(task_names) + 1`).
-
-    Returns:
-        The list of group names.
-
-    Raises:
-        ValueError: if the names are not distinct non-empty strings, if one is
-            `"shared"`, or if they do not match `num_groups`.
-
-    Example:
-
-    >>> group_names(["age", "gender"])
-    ['age', 'gender', 'shared']
-    """
-    if isinstance(task_names, str) or not isinstance(task_names, Sequence):
-        raise ValueError(f"`task_names` must be a list of task-name strings; received {task_names!r}.")
-    names = list(task_names)
-    if not names:
-        raise ValueError("`task_names` must name at least one task; received an empty list.")
-    for task_name in names:
-        if not isinstance(task_name, str) or not task_name:
-            raise ValueError(f"Every task name must be a non-empty string; received {task_name!r} in {names!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Task names must be distinct; received {names!r}.")
-    if SHARED_GROUP_NAME in names:
-        raise ValueError(
-            f"No task may be called {SHARED_GROUP_NAME!r}: it is the name of the last (shared) group; "
-            f"received task names {names!r}."
-        )
-    if num_groups is not None and num_groups != len(names) + 1:
-        raise ValueError(
-            f"Grouping probabilities have {num_groups} columns, so {num_groups - 1} task name(s) are expected "
-            f"(the last column is {SHARED_GROUP_NAME!r}); received {len(names)} task name(s): {names!r}."
-        )
-    return [*names, SHARED_GROUP_NAME]
-
-
 def group_shares(p: Any) -> np.ndarray:
     """Share of kernels in each group: the column sums of `p` divided by `K`.
 
@@ -176,8 +148,7 @@ def map_assignment(p: Any) -> np.ndarray:
     >>> map_assignment([[0.5, 0.1, 0.4], [0.1, 0.3, 0.6]]).tolist()
     [0, 2]
     """
-    array = validate_probabilities(p)
-    return (array.shape[1] - 1 - np.argmax(array[:, ::-1], axis=1)).astype(np.int64)  # ties: later group
+    return map_group(validate_probabilities(p)).astype(np.int64)
 
 
 def map_counts(p: Any) -> np.ndarray:
@@ -212,9 +183,7 @@ def kernel_entropies(p: Any) -> np.ndarray:
     >>> kernel_entropies([[1.0, 0.0], [0.5, 0.5]]).round(4).tolist()
     [0.0, 0.6931]
     """
-    array = validate_probabilities(p)
-    logs = np.log(np.where(array > 0.0, array, 1.0))
-    return 0.0 - np.sum(array * logs, axis=1)
+    return entropy(validate_probabilities(p), axis=1)
 
 
 def validate_layer_probabilities(

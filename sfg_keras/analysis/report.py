@@ -18,20 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sfg_keras.analysis.grouping_summary import (
-    summarize_layers,
-    validate_layer_probabilities,
-    write_summary_csv,
-    write_summary_json,
-)
-from sfg_keras.analysis.plots import (
-    plot_group_share_image,
-    plot_group_shares,
-    plot_ternary_density,
-    plot_ternary_trajectories,
-    plot_trajectories,
-    save_figure,
-)
+from sfg_keras.analysis import grouping_summary, plots
 
 HISTORY_STEPS_KEY = "steps"
 
@@ -177,7 +164,7 @@ def write_grouping_report(model: Any, out_dir: str | Path, history_path: str | P
     ```
     """
     probabilities, task_names = _model_probabilities(model)
-    layers, _ = validate_layer_probabilities(probabilities, task_names)
+    layers, _ = grouping_summary.validate_layer_probabilities(probabilities, task_names)
     history = None
     if history_path is not None:  # checked before anything is written
         steps, history = load_grouping_history(history_path)
@@ -195,25 +182,28 @@ def write_grouping_report(model: Any, out_dir: str | Path, history_path: str | P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     two_tasks = len(task_names) == 2
-    paths: dict[str, Path] = {
-        "group_shares": save_figure(plot_group_shares(layers, task_names), out_dir / "group_shares.png")
-    }
+    paths: dict[str, Path] = {}
+
+    def save(key: str, figure, file_stem: str) -> None:
+        paths[key] = plots.save_figure(figure, out_dir / f"{file_stem}.png")
+
+    save("group_shares", plots.plot_group_shares(layers, task_names), "group_shares")
     for layer_name, p in layers.items():
         stem = _file_stem(layer_name)
         if two_tasks:
-            figure = plot_ternary_density(p, task_names, title=f"{layer_name}: density of grouping probabilities")
-            paths[f"ternary/{layer_name}"] = save_figure(figure, out_dir / f"ternary_{stem}.png")
+            title = f"{layer_name}: density of grouping probabilities"
+            save(f"ternary/{layer_name}", plots.plot_ternary_density(p, task_names, title=title), f"ternary_{stem}")
         else:
-            figure = plot_group_share_image(p, task_names, title=f"{layer_name}: grouping probabilities per kernel")
-            paths[f"group_share_image/{layer_name}"] = save_figure(figure, out_dir / f"group_share_image_{stem}.png")
+            title = f"{layer_name}: grouping probabilities per kernel"
+            figure = plots.plot_group_share_image(p, task_names, title=title)
+            save(f"group_share_image/{layer_name}", figure, f"group_share_image_{stem}")
         if history is not None:
-            figure = plot_trajectories(steps, history[layer_name], task_names, layer_name)
-            paths[f"trajectories/{layer_name}"] = save_figure(figure, out_dir / f"trajectories_{stem}.png")
+            arguments = (steps, history[layer_name], task_names, layer_name)
+            save(f"trajectories/{layer_name}", plots.plot_trajectories(*arguments), f"trajectories_{stem}")
             if two_tasks:
-                figure = plot_ternary_trajectories(steps, history[layer_name], task_names, layer_name)
-                paths[f"ternary_trajectories/{layer_name}"] = save_figure(
-                    figure, out_dir / f"ternary_trajectories_{stem}.png"
-                )
-    paths["summary_csv"] = write_summary_csv(summarize_layers(layers, task_names), out_dir / "grouping_summary.csv")
-    paths["summary_json"] = write_summary_json(layers, task_names, out_dir / "grouping_summary.json")
+                figure = plots.plot_ternary_trajectories(*arguments)
+                save(f"ternary_trajectories/{layer_name}", figure, f"ternary_trajectories_{stem}")
+    rows = grouping_summary.summarize_layers(layers, task_names)
+    paths["summary_csv"] = grouping_summary.write_summary_csv(rows, out_dir / "grouping_summary.csv")
+    paths["summary_json"] = grouping_summary.write_summary_json(layers, task_names, out_dir / "grouping_summary.json")
     return paths

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sfg_keras.groups import GROUPINGS
+
 SCALAR_KINDS = ("int", "float", "bool", "str", "choice", "path")
 LIST_KINDS = ("int_list", "float_list", "str_list", "choice_list", "path_list")
 KINDS = SCALAR_KINDS + LIST_KINDS
@@ -645,8 +647,6 @@ MULTITASK_SCHEMA = section_schema(
     ],
     "MULTITASK",
 )
-
-GROUPINGS = ("learned", "constant_p", "constant_mask", "hard_sharing", "single_task", "cross_stitch")
 
 RECIPES = ("paper", "fast")
 

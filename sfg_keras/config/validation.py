@@ -23,12 +23,12 @@ from sfg_keras.config.schema import (
     LOSSES_BY_TASK_TYPE,
     KeySpec,
 )
+from sfg_keras.groups import SHARED, default_p0
 from sfg_keras.recipes import recipe_values
 
 SPECIAL_LABEL_SOURCES = ("filename", "csv:<column>")
-DEFAULT_SHARED_PROBABILITY = 0.6
 P0_SUM_TOLERANCE = 1e-6
-RESERVED_TASK_NAMES = ("shared",)
+RESERVED_TASK_NAMES = (SHARED,)
 
 
 @dataclasses.dataclass
@@ -229,25 +229,6 @@ def _validate_multitask(multitask: SectionValues, inputs: dict[str, SectionValue
     return tasks
 
 
-def default_p0(num_tasks: int) -> tuple[float, ...]:
-    """The default grouping probabilities: shared 0.6, the other 0.4 split evenly over the tasks.
-
-    Args:
-        num_tasks: the number of tasks T.
-
-    Returns:
-        A tuple of T + 1 floats ordered task_1, ..., task_T, shared.
-
-    Example:
-
-    ```python
-    default_p0(2)  # (0.2, 0.2, 0.6)
-    ```
-    """
-    task_share = (1.0 - DEFAULT_SHARED_PROBABILITY) / num_tasks
-    return tuple(task_share for _ in range(num_tasks)) + (DEFAULT_SHARED_PROBABILITY,)
-
-
 def _apply_recipe(sfg: SectionValues, num_tasks: int) -> None:
     """Fills every `[SFG]` key that the file and the command line left at its default from `[SFG] recipe`."""
     for key, value in recipe_values(sfg.values["recipe"], num_tasks).items():
@@ -257,7 +238,7 @@ def _apply_recipe(sfg: SectionValues, num_tasks: int) -> None:
 
 
 def _validate_sfg(sfg: SectionValues, tasks: list[str]) -> None:
-    order = ", ".join([*tasks, "shared"])
+    order = ", ".join([*tasks, SHARED])
     _apply_recipe(sfg, len(tasks))
     p0 = sfg.values["p0"]
     if not p0:

@@ -1,4 +1,4 @@
-"""Group bookkeeping shared by SFG layers: default `p0`, block assignments and probability initialisation.
+"""Group bookkeeping shared by SFG layers: `p0` checks, block assignments and probability initialisation.
 
 Arrays over groups are ordered `(task_1, ..., task_T, shared)`: with `T` tasks, group `T` is the shared group.
 """
@@ -10,28 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 
 INIT_MODES = ("constant", "random", "vertex")
-
-
-def default_p0(num_tasks: int, shared: float = 0.6) -> np.ndarray:
-    """The default initial grouping probabilities: `shared` for the shared group, the rest split over the tasks.
-
-    Args:
-        num_tasks: int. Number of tasks `T` (>= 1).
-        shared: float. Probability of the shared group. Defaults to 0.6 (the paper's `[0.2, 0.6, 0.2]` for T = 2).
-
-    Returns:
-        float64 array `[T + 1]` ordered `(task_1, ..., task_T, shared)`.
-
-    Example:
-
-    >>> default_p0(2).tolist()  # (task_1, task_2, shared): the paper's [0.2, 0.6, 0.2] reordered
-    [0.2, 0.2, 0.6]
-    """
-    if num_tasks < 1:
-        raise ValueError(f"`num_tasks` must be >= 1. Received: num_tasks={num_tasks}")
-    p0 = np.full(num_tasks + 1, (1.0 - shared) / num_tasks)
-    p0[-1] = shared
-    return p0
 
 
 def validate_p0(p0: Sequence[float], num_tasks: int, name: str = "p_init") -> np.ndarray:

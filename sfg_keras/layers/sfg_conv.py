@@ -10,9 +10,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from keras import ops
 
+from sfg_keras import groups
 from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization, batch_moments
-from sfg_keras.layers.grouping import INIT_MODES, default_p0, initial_probabilities, inverse_softplus, validate_p0
+from sfg_keras.layers.grouping import INIT_MODES, initial_probabilities, inverse_softplus, validate_p0
 from sfg_keras.layers.sampling_scope import current_deterministic, current_num_samples, current_stochastic
+from sfg_keras.layers.stream_merge import merge_streams, projection_weights
 
 _SAMPLING = ("per_example", "per_batch")
 _MERGE = ("sum", "concat")
@@ -34,6 +36,50 @@ def _side_by_side(tensors, axis):
 
 def _is_single_shape(shape) -> bool:
     return all(d is None or isinstance(d, int) for d in shape)
+
+
+def _validate_arguments(
+    filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, temperature
+) -> None:
+    """Raises `ValueError` for an invalid `SFGConv` argument (the checks that need no conversion)."""
+    if not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
+    if not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"`num_tasks` must be a positive int. Received: num_tasks={num_tasks!r}")
+    if rank not in (2, 3):
+        raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={rank!r}")
+    if padding not in ("same", "valid"):
+        raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
+    if init_mode not in INIT_MODES:
+        raise ValueError(f"`init_mode` must be one of {INIT_MODES}. Received: init_mode={init_mode!r}")
+    if sampling not in _SAMPLING:
+        raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
+    if merge not in _MERGE:
+        raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
+    if not grouping_lr_multiplier > 0:
+        raise ValueError(
+            f"`grouping_lr_multiplier` must be > 0. Received: grouping_lr_multiplier={grouping_lr_multiplier!r}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
+
+
+def _validated_fixed_assignment(fixed_assignment, filters: int, num_tasks: int) -> list[int] | None:
+    """`fixed_assignment` as a list of ints, or None; raises `ValueError` unless it is one group per kernel."""
+    if fixed_assignment is None:
+        return None
+    assignment = np.asarray(fixed_assignment)
+    if (
+        assignment.shape != (filters,)
+        or not np.issubdtype(assignment.dtype, np.integer)
+        or assignment.min() < 0
+        or assignment.max() > num_tasks
+    ):
+        raise ValueError(
+            f"`fixed_assignment` must hold one group index in [0, {num_tasks}] per kernel ({filters} ints). "
+            f"Received: fixed_assignment={list(fixed_assignment)}"
+        )
+    return [int(v) for v in assignment]
 
 
 @keras.saving.register_keras_serializable(package="sfg")
@@ -148,26 +194,9 @@ class SFGConv(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
-        if not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"`num_tasks` must be a positive int. Received: num_tasks={num_tasks!r}")
-        if rank not in (2, 3):
-            raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={rank!r}")
-        if padding not in ("same", "valid"):
-            raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
-        if init_mode not in INIT_MODES:
-            raise ValueError(f"`init_mode` must be one of {INIT_MODES}. Received: init_mode={init_mode!r}")
-        if sampling not in _SAMPLING:
-            raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
-        if merge not in _MERGE:
-            raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
-        if not grouping_lr_multiplier > 0:
-            raise ValueError(
-                f"`grouping_lr_multiplier` must be > 0. Received: grouping_lr_multiplier={grouping_lr_multiplier!r}"
-            )
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
+        _validate_arguments(
+            filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, temperature
+        )
         self.filters = filters
         self.num_tasks = num_tasks
         self.num_groups = num_tasks + 1
@@ -176,24 +205,12 @@ class SFGConv(keras.layers.Layer):
         self.strides = _as_tuple(strides, rank, "strides")
         self.dilation_rate = _as_tuple(dilation_rate, rank, "dilation_rate")
         self.padding = padding
-        self.p_init = [float(v) for v in validate_p0(default_p0(num_tasks) if p_init is None else p_init, num_tasks)]
+        p_init = groups.default_p0(num_tasks) if p_init is None else p_init
+        self.p_init = [float(v) for v in validate_p0(p_init, num_tasks)]
         self.init_mode = init_mode
         self.learn_p = bool(learn_p)
         self.grouping_lr_multiplier = float(grouping_lr_multiplier)
-        if fixed_assignment is not None:
-            assignment = np.asarray(fixed_assignment)
-            if (
-                assignment.shape != (filters,)
-                or not np.issubdtype(assignment.dtype, np.integer)
-                or assignment.min() < 0
-                or assignment.max() > num_tasks
-            ):
-                raise ValueError(
-                    f"`fixed_assignment` must hold one group index in [0, {num_tasks}] per kernel ({filters} ints). "
-                    f"Received: fixed_assignment={list(fixed_assignment)}"
-                )
-            fixed_assignment = [int(v) for v in assignment]
-        self.fixed_assignment = fixed_assignment
+        self.fixed_assignment = _validated_fixed_assignment(fixed_assignment, filters, num_tasks)
         self.hard = bool(hard)
         self.sampling = sampling
         self.merge = merge
@@ -213,22 +230,14 @@ class SFGConv(keras.layers.Layer):
             self.active_groups = sorted(set(self.fixed_assignment))
         else:
             self.active_groups = list(range(self.num_groups))
-        # Per-group conv-output channel indices (fixed mode) and scatter maps back to `filters` channels.
-        self._group_channels = {}
-        self._scatter_index = {}
-        self._group_block = {}  # (start, stop) when a group's kernels are consecutive: slice and pad, no gathers
-        if self.is_fixed:
-            assignment = np.asarray(self.fixed_assignment)
-            for g in self.active_groups:
-                channels = np.flatnonzero(assignment == g).astype("int32")
-                scatter = np.full(filters, len(channels), dtype="int32")
-                scatter[channels] = np.arange(len(channels), dtype="int32")
-                self._group_channels[g], self._scatter_index[g] = channels, scatter
-                start, stop = int(channels[0]), int(channels[-1]) + 1
-                self._group_block[g] = (start, stop) if stop - start == len(channels) else None
+        self._compute_group_indices(filters)
         self.group_norms = []
         self.group_activations = []
         self.merge_projections = []
+        self._create_schedule_weights()
+
+    def _create_schedule_weights(self) -> None:
+        """Creates the non-trainable weights the training schedule sets: `temperature`, then `sampling_noise`."""
         # Created eagerly (not in `build`) so that a train step can set it before the first forward pass.
         self.temperature = self.add_weight(
             name="temperature",
@@ -249,6 +258,21 @@ class SFGConv(keras.layers.Layer):
                 trainable=False,
                 autocast=False,
             )
+
+    def _compute_group_indices(self, filters: int) -> None:
+        """Per-group conv-output channel indices (fixed mode) and scatter maps back to `filters` channels."""
+        self._group_channels = {}
+        self._scatter_index = {}
+        self._group_block = {}  # (start, stop) when a group's kernels are consecutive: slice and pad, no gathers
+        if self.is_fixed:
+            assignment = np.asarray(self.fixed_assignment)
+            for g in self.active_groups:
+                channels = np.flatnonzero(assignment == g).astype("int32")
+                scatter = np.full(filters, len(channels), dtype="int32")
+                scatter[channels] = np.arange(len(channels), dtype="int32")
+                self._group_channels[g], self._scatter_index[g] = channels, scatter
+                start, stop = int(channels[0]), int(channels[-1]) + 1
+                self._group_block[g] = (start, stop) if stop - start == len(channels) else None
 
     # === Properties ===
 
@@ -338,7 +362,7 @@ class SFGConv(keras.layers.Layer):
         self.built = True
 
     def _group_name(self, g: int) -> str:
-        return "shared" if g == self.num_tasks else f"task_{g + 1}"
+        return groups.SHARED if g == self.num_tasks else f"task_{g + 1}"
 
     # === Grouping probabilities ===
 
@@ -371,19 +395,64 @@ class SFGConv(keras.layers.Layer):
         """Grouping probabilities as numpy `[filters, T + 1]`, columns `(task_1, ..., task_T, shared)`."""
         return np.asarray(ops.convert_to_numpy(self.probabilities()), dtype="float64")
 
+    def group_channels(self, g: int) -> np.ndarray:
+        """The output channels (kernel indices) that group `g`'s batch normalisation and activation cover.
+
+        Every kernel (`arange(filters)`) for a sampled layer; the group's own kernels, in increasing order, for a
+        fixed assignment (where the group convolves only those). Channel `group_channels(g)[i]` is channel `i` of
+        the group's norm and activation.
+
+        Args:
+            g: int. A group index in `active_groups` (`T` is shared).
+
+        Returns:
+            int numpy array.
+
+        Example:
+
+        ```python
+        layer.group_channels(layer.num_tasks)   # the shared group's channels
+        ```
+        """
+        if g not in self.active_groups:
+            raise ValueError(f"{self.name}: group {g!r} has no kernels; active groups are {self.active_groups}.")
+        if self.is_fixed:
+            return self._group_channels[g].copy()
+        return np.arange(self.filters)
+
+    def merge_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The `"concat"` input merge of task `task` (0-based) as a linear map: `(kernel [2 * C_in, C_in], bias
+        [C_in] or None)`, the rows reading `concat(F_t, F_s)` (the 1x1 convolution's kernel, reshaped).
+
+        Raises:
+            ValueError: if the layer has no merge projections (`merge="sum"`, or an image input).
+
+        Example:
+
+        ```python
+        kernel, bias = layer.merge_weights(0)
+        ```
+        """
+        if not self.merge_projections:
+            raise ValueError(
+                f"{self.name}: no concat merge projections (merge={self.merge!r}; a layer that takes the image has "
+                "none)."
+            )
+        if not 0 <= task < self.num_tasks:
+            raise ValueError(f"`task` must be in [0, {self.num_tasks - 1}]. Received: task={task!r}")
+        return projection_weights(self.merge_projections[task])
+
     def map_assignment(self) -> np.ndarray:
         """The MAP group of every kernel (`argmax p`), numpy int `[filters]`.
 
         Ties go to the later group, so a kernel whose shared probability ties the maximum is shared (the uniform
         `p` of the constant-p baseline gives the hard-sharing architecture).
         """
-        p = self.grouping_probabilities()
-        return self.num_groups - 1 - np.argmax(p[:, ::-1], axis=-1)
+        return groups.map_group(self.grouping_probabilities())
 
     def entropy(self):
         """Sum over kernels of the entropy `H(p)` (nats), a float32 scalar tensor."""
-        p = self.probabilities()
-        return -ops.sum(p * ops.log(ops.maximum(p, 1e-12)))
+        return ops.sum(groups.entropy(self.probabilities(), xp=ops))
 
     def entropy_penalty(self):
         """The entropy term this layer adds to the objective: `-entropy_weight * sum H(p)` (0 if `p` is fixed)."""
@@ -452,9 +521,7 @@ class SFGConv(keras.layers.Layer):
             if current_deterministic() == "expected":
                 return self.expected_assignment()[None]
             # MAP; ties go to the later group (see `map_assignment`)
-            probs = self.probabilities()
-            groups = self.num_groups - 1 - ops.argmax(ops.flip(probs, axis=-1), axis=-1)
-            return ops.one_hot(groups, self.num_groups)[None]
+            return ops.one_hot(groups.map_group(self.probabilities(), xp=ops), self.num_groups)[None]
         probs = self.probabilities()
         num_samples = current_num_samples()
         sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
@@ -471,11 +538,8 @@ class SFGConv(keras.layers.Layer):
         return hard + (relaxed - ops.stop_gradient(relaxed))
 
     def _merge(self, task_stream, shared_stream, task: int):
-        if task_stream is None or shared_stream is None:
-            return shared_stream if task_stream is None else task_stream
-        if self.merge == "sum":
-            return task_stream + shared_stream
-        return self.merge_projections[task](ops.concatenate([task_stream, shared_stream], axis=-1))
+        projection = self.merge_projections[task] if self.merge_projections else None
+        return merge_streams(task_stream, shared_stream, self.merge, projection)
 
     def _convolve(self, inputs, kernel):
         return ops.conv(

@@ -1,11 +1,64 @@
-"""`StreamMerge`: the per-task inputs of the heads, `merge(F_t, F_s)`."""
+"""`StreamMerge`: the per-task inputs of the heads, `merge(F_t, F_s)`; and `merge_streams`, the one merge rule that
+`SFGConv` (at its input) and `StreamMerge` (before the heads) share."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 _MODES = ("sum", "concat")
+
+
+def merge_streams(task_stream, shared_stream, mode: str = "sum", projection: keras.layers.Layer | None = None):
+    """`merge(F_t, F_s)`: a task stream merged with the shared stream.
+
+    `"sum"` adds them; `"concat"` concatenates them along channels (task channels first) and applies `projection`,
+    a per-task linear map back to the stream width (a 1x1 convolution or a `Dense` on the channel axis). When one
+    of the two streams is `None` (a group without kernels) the other is returned as it is; both `None` gives
+    `None`.
+
+    Args:
+        task_stream: tensor `[..., C]` or None.
+        shared_stream: tensor `[..., C]` or None.
+        mode: str. `"sum"` or `"concat"`. Defaults to `"sum"`.
+        projection: the layer applied to the concatenation in `"concat"` mode.
+
+    Returns:
+        The merged tensor, or None.
+
+    Example:
+
+    ```python
+    merged = merge_streams(streams[0], streams[-1])   # F_1 + F_s
+    ```
+    """
+    if task_stream is None or shared_stream is None:
+        return shared_stream if task_stream is None else task_stream
+    if mode == "sum":
+        return task_stream + shared_stream
+    return projection(ops.concatenate([task_stream, shared_stream], axis=-1))
+
+
+def projection_weights(projection: keras.layers.Layer) -> tuple[np.ndarray, np.ndarray | None]:
+    """The weights of a `"concat"` merge projection as a linear map on channels.
+
+    Args:
+        projection: a built 1x1 convolution or `Dense` layer.
+
+    Returns:
+        `(kernel, bias)`: float numpy `[2 * C, C]` (rows: the task stream's channels, then the shared stream's) and
+        `[C]`, or None for a projection without bias.
+
+    Example:
+
+    ```python
+    kernel, bias = projection_weights(merge.projection(0))
+    ```
+    """
+    kernel = np.asarray(ops.convert_to_numpy(projection.kernel))
+    bias = np.asarray(ops.convert_to_numpy(projection.bias)) if projection.use_bias else None
+    return kernel.reshape(-1, kernel.shape[-1]), bias
 
 
 @keras.saving.register_keras_serializable(package="sfg")
@@ -51,19 +104,40 @@ class StreamMerge(keras.layers.Layer):
                 self.projections.append(projection)
         self.built = True
 
+    def projection(self, task: int) -> keras.layers.Dense | None:
+        """The `"concat"` projection of task `task` (0-based): a `Dense` from `2 * C` to `C` channels, or None
+        (`"sum"` mode, or a task or shared stream that was None at build time: nothing to project).
+
+        Example:
+
+        ```python
+        merge.projection(0).kernel.shape   # (2 * C, C)
+        ```
+        """
+        if not 0 <= task < self.num_tasks:
+            raise ValueError(f"`task` must be in [0, {self.num_tasks - 1}]. Received: task={task!r}")
+        slot = self._projection_slot.get(task)
+        return None if slot is None else self.projections[slot]
+
+    def merge_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The `"concat"` merge of task `task` as a linear map: `(kernel [2 * C, C], bias [C] or None)`, the rows
+        reading `concat(F_t, F_s)` (see `projection_weights`).
+
+        Raises:
+            ValueError: if task `task` has no projection (`"sum"` mode, or a None stream at build time).
+        """
+        projection = self.projection(task)
+        if projection is None:
+            raise ValueError(f"{self.name}: task {task + 1} has no concat projection (mode={self.mode!r}).")
+        return projection_weights(projection)
+
     def call(self, inputs):
         shared = inputs[-1]
         outputs = []
         for t in range(self.num_tasks):
-            task = inputs[t]
-            if task is None or shared is None:
-                merged = shared if task is None else task
-                if merged is None:
-                    raise ValueError(f"{self.name}: task {t + 1} has neither its own nor a shared stream.")
-            elif self.mode == "sum":
-                merged = task + shared
-            else:
-                merged = self.projections[self._projection_slot[t]](ops.concatenate([task, shared], axis=-1))
+            merged = merge_streams(inputs[t], shared, self.mode, self.projection(t))
+            if merged is None:
+                raise ValueError(f"{self.name}: task {t + 1} has neither its own nor a shared stream.")
             outputs.append(merged)
         return tuple(outputs)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfg_keras.layers.grouping import block_assignment, default_p0
+from sfg_keras.groups import GROUPINGS, default_p0
+from sfg_keras.layers.grouping import block_assignment
 
-GROUPINGS = ("learned", "constant_p", "constant_mask", "hard_sharing", "single_task", "cross_stitch")
+__all__ = ["GROUPINGS", "check_grouping", "sfg_conv_options", "single_task_assignment"]
 
 
 def check_grouping(grouping: str, num_tasks: int) -> None:
