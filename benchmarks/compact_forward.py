@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from sfg_keras.compact import compact_map_model
-from sfg_keras.models import TaskHead, sfg_vgg11
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_vgg11
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 2)]
 
@@ -65,9 +65,10 @@ def main(argv=None) -> None:
     args = _parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     shape = (None, args.size, args.size, 3)
-    learned = sfg_vgg11(TASKS, width_multiplier=args.width, init_mode="vertex", seed=args.seed, name="sfg_learned")
+    options = NetworkOptions(width_multiplier=args.width, init_mode="vertex", seed=args.seed)
+    learned = sfg_vgg11(TASKS, options, name="sfg_learned")
     learned.build(shape)
-    hard = sfg_vgg11(TASKS, width_multiplier=args.width, grouping="hard_sharing", seed=args.seed, name="sfg_hard")
+    hard = sfg_vgg11(TASKS, options.replace(grouping="hard_sharing"), name="sfg_hard")
     hard.build(shape)
     compact = compact_map_model(learned)
     compact_hard = compact_map_model(hard)

@@ -34,8 +34,8 @@ from _timing import header, markdown_table
 from sfg_keras.data.generators import load_mnist_two_task
 from sfg_keras.inference import expected_predict, map_predict, mc_predict
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import GROUPINGS, TaskHead, sfg_small_cnn, sfg_vgg11
-from sfg_keras.recipes import RECIPES, recipe_options
+from sfg_keras.models import GROUPINGS, NetworkOptions, TaskHead, sfg_small_cnn, sfg_vgg11
+from sfg_keras.recipes import RECIPES
 
 TASKS = [TaskHead("digit", "classification", 10), TaskHead("thickness", "regression", 1)]
 
@@ -61,13 +61,15 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 def _build(args, grouping: str, steps: int):
     keras.utils.set_random_seed(args.seed)
-    options = recipe_options(args.recipe, len(TASKS), steps) if grouping == "learned" else {}
+    options = NetworkOptions(grouping=grouping, width_multiplier=args.width, seed=args.seed)
+    if grouping == "learned":
+        options = NetworkOptions.from_recipe(
+            args.recipe, len(TASKS), steps, grouping=grouping, width_multiplier=args.width, seed=args.seed
+        )
     if args.architecture == "sfg_vgg11":
-        model = sfg_vgg11(TASKS, width_multiplier=args.width, grouping=grouping, seed=args.seed, name=grouping,
-                          **options)
+        model = sfg_vgg11(TASKS, options, name=grouping)
     else:
-        model = sfg_small_cnn(TASKS, widths=(16, 32, 32), width_multiplier=args.width, grouping=grouping,
-                              seed=args.seed, name=grouping, **options)
+        model = sfg_small_cnn(TASKS, options, widths=(16, 32, 32), name=grouping)
     model.build((args.batch, 28, 28, 1))
     model.compile(keras.optimizers.Adam(args.lr), loss={"digit": CrossEntropy(), "thickness": RMSE()})
     return model
@@ -100,11 +102,11 @@ def main(argv=None) -> None:
         deterministic = map_predict(model, x_test, batch_size=100)
         expected = expected_predict(model, x_test, batch_size=100)
         sampled = mc_predict(model, x_test, num_samples=args.samples, batch_size=100)
-        map_acc, map_mae = _scores(deterministic["digit"]["probabilities"], deterministic["thickness"]["prediction"],
+        map_acc, map_mae = _scores(deterministic["digit"]["probabilities"], deterministic["thickness"]["mean"],
                                    digits, thickness_px, mean, std)
         mc_acc, mc_mae = _scores(sampled["digit"]["probabilities"], sampled["thickness"]["mean"], digits,
                                  thickness_px, mean, std)
-        exp_acc, exp_mae = _scores(expected["digit"]["probabilities"], expected["thickness"]["prediction"], digits,
+        exp_acc, exp_mae = _scores(expected["digit"]["probabilities"], expected["thickness"]["mean"], digits,
                                    thickness_px, mean, std)
         rows.append([grouping, f"{model.count_params():,}", f"{map_acc:.3f}", f"{map_mae:.3f}", f"{exp_acc:.3f}",
                      f"{exp_mae:.3f}", f"{mc_acc:.3f}", f"{mc_mae:.3f}", f"{seconds:.0f}"])

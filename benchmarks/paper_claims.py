@@ -46,8 +46,8 @@ from _timing import header, interleaved_medians, markdown_table
 from sfg_keras.data.generators import load_mnist_two_task
 from sfg_keras.inference import expected_predict, map_predict, mc_predict
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import GROUPINGS, TaskHead, sfg_small_cnn
-from sfg_keras.recipes import RECIPES, recipe_options
+from sfg_keras.models import GROUPINGS, NetworkOptions, TaskHead, sfg_small_cnn
+from sfg_keras.recipes import RECIPES
 
 DIGIT = TaskHead("digit", "classification", 10)
 THICKNESS = TaskHead("thickness", "regression", 1)
@@ -102,7 +102,7 @@ class Digits:
                 probabilities = out["probabilities"]
                 scores[task.name] = float(np.mean(np.argmax(probabilities, -1) == self.digits))
             else:
-                prediction = out["prediction"] if "prediction" in out else out["mean"]
+                prediction = out["mean"]
                 scores[task.name] = float(
                     np.mean(np.abs(prediction.reshape(-1) * self.std + self.mean - self.thickness_px))
                 )
@@ -111,9 +111,12 @@ class Digits:
 
 def build(grouping: str, tasks, seed: int, args, steps: int, **overrides) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    options = recipe_options(args.recipe, num_tasks=len(tasks), max_iter=steps) if grouping == "learned" else {}
-    options.update(overrides)
-    model = sfg_small_cnn(tasks, widths=(16, 32, 32), grouping=grouping, seed=seed, name=grouping, **options)
+    if grouping == "learned":
+        options = NetworkOptions.from_recipe(args.recipe, num_tasks=len(tasks), max_iter=steps, seed=seed)
+    else:
+        options = NetworkOptions(grouping=grouping, seed=seed)
+    options = options.replace(**overrides)
+    model = sfg_small_cnn(tasks, options, widths=(16, 32, 32), name=grouping)
     model.build((args.batch, 28, 28, 1))
     losses = {t.name: CrossEntropy() if t.is_categorical else RMSE() for t in tasks}
     model.compile(keras.optimizers.Adam(args.lr), loss=losses)
@@ -232,7 +235,7 @@ def part_d(args) -> tuple[str, dict]:
     tasks = [DIGIT, THICKNESS]
     inits = {
         "shared-dominant (recipe p0)": {},
-        "task-dominant p0 (0.45, 0.45, 0.1)": {"p0": [0.45, 0.45, 0.1]},
+        "task-dominant p0 (0.45, 0.45, 0.1)": {"p_init": (0.45, 0.45, 0.1)},
         "random (Dirichlet)": {"init_mode": "random"},
     }
     results = {}

@@ -26,7 +26,7 @@ import numpy as np
 from _timing import header, interleaved_medians, markdown_table, milliseconds
 
 from sfg_keras.losses import RMSE
-from sfg_keras.models import TaskHead, sfg_vgg11
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_vgg11
 
 GROUPINGS = ("hard_sharing", "constant_mask", "learned")
 
@@ -52,7 +52,7 @@ def _ratios(args, width: float, num_tasks: int) -> dict[str, float]:
     y = {t.name: rng.normal(size=(args.batch, 1)).astype("float32") for t in tasks}
     steps = {}
     for grouping in GROUPINGS:
-        model = sfg_vgg11(tasks, width_multiplier=width, grouping=grouping, seed=0)
+        model = sfg_vgg11(tasks, NetworkOptions(width_multiplier=width, grouping=grouping, seed=0))
         model.build((args.batch, args.size, args.size, 3))
         model.compile(keras.optimizers.Adam(1e-3), loss={t.name: RMSE() for t in tasks})
         steps[grouping] = lambda m=model: m.train_on_batch(x, y)

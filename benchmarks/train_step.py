@@ -29,7 +29,7 @@ from _timing import header, interleaved_medians, markdown_table, milliseconds
 from sfg_keras.inference import mc_predict, stochastic_pass
 from sfg_keras.layers import sampling_scope
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import GROUPINGS, TaskHead, sfg_highresnet, sfg_vgg11
+from sfg_keras.models import GROUPINGS, NetworkOptions, TaskHead, sfg_highresnet, sfg_vgg11
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 2)]
 
@@ -66,8 +66,8 @@ def main(argv=None) -> None:
     variants = [(g, True) for g in GROUPINGS] + [(g, False) for g in ("constant_mask", "single_task", "cross_stitch")]
     for seed, (grouping, packed) in enumerate(variants):
         name = grouping if packed else f"{grouping} (dense reference)"
-        model = builder(tasks, width_multiplier=args.width, grouping=grouping, seed=seed % len(GROUPINGS),
-                        name=grouping)
+        options = NetworkOptions(width_multiplier=args.width, grouping=grouping, seed=seed % len(GROUPINGS))
+        model = builder(tasks, options, name=grouping)
         model.build((args.batch, args.size, args.size, 3))
         model.packed_execution = packed
         model.compile(keras.optimizers.Adam(1e-3), loss=losses)

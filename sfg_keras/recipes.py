@@ -13,13 +13,13 @@
   settles. `p` stays learned and sampled at every step.
 
 An explicit value always wins over a recipe: in a config file, any `[SFG]` key given in the file or on the command
-line; in Python, any keyword passed next to `recipe_options(...)`.
+line; in Python, any field passed to `NetworkOptions.from_recipe(...)` (which maps a recipe to network options).
 
 Example:
 
 ```python
-from sfg_keras.recipes import recipe_options
-model = sfg_small_cnn(tasks, grouping="learned", **recipe_options("fast", num_tasks=2, max_iter=2000))
+from sfg_keras.models import NetworkOptions
+model = sfg_small_cnn(tasks, NetworkOptions.from_recipe("fast", num_tasks=2, max_iter=2000, grouping="learned"))
 ```
 """
 
@@ -75,12 +75,10 @@ def recipe_p0(name: str, num_tasks: int) -> tuple[float, ...]:
     >>> recipe_p0("paper", 2)
     (0.2, 0.2, 0.6)
     """
+    from sfg_keras.groups import default_p0
+
     _check(name)
-    if num_tasks < 1:
-        raise ValueError(f"`num_tasks` must be >= 1. Received: num_tasks={num_tasks!r}")
-    shared = _RECIPE_VALUES[name]["p0_shared"]
-    task = (1.0 - shared) / num_tasks
-    return (task,) * num_tasks + (shared,)
+    return default_p0(num_tasks, shared=_RECIPE_VALUES[name]["p0_shared"])
 
 
 def recipe_values(name: str, num_tasks: int) -> dict[str, Any]:
@@ -94,44 +92,3 @@ def recipe_values(name: str, num_tasks: int) -> dict[str, Any]:
     _check(name)
     values = {k: v for k, v in _RECIPE_VALUES[name].items() if k != "p0_shared"}
     return {"p0": recipe_p0(name, num_tasks), **values}
-
-
-def recipe_options(name: str, num_tasks: int, max_iter: int) -> dict[str, Any]:
-    """The recipe as keyword arguments of the architecture builders (`sfg_vgg11`, `sfg_small_cnn`, ...).
-
-    Args:
-        name: `"paper"` or `"fast"`.
-        num_tasks: int. Number of tasks `T`.
-        max_iter: int. Training steps of the run (the `fast` temperature schedule is relative to it).
-
-    Returns:
-        `{"p0", "init_mode", "hard", "sampling", "grouping_lr_multiplier", "lambda1", "lambda2",
-        "temperature_schedule"}`.
-
-    Example:
-
-    ```python
-    model = sfg_vgg11(tasks, **recipe_options("fast", num_tasks=len(tasks), max_iter=5000))
-    ```
-    """
-    from sfg_keras.layers.temperature_schedule import TemperatureSchedule
-
-    values = recipe_values(name, num_tasks)
-    schedule = TemperatureSchedule.for_run(
-        int(max_iter),
-        tau0=values["tau0"],
-        tau_min=values["tau_min"],
-        tau_decay=values["tau_decay"],
-        tau_decay_until=values["tau_decay_until"],
-        sampling_warmup=values["sampling_warmup"],
-    )
-    return {
-        "p0": list(values["p0"]),
-        "init_mode": values["init"],
-        "hard": values["hard"],
-        "sampling": values["sampling"],
-        "grouping_lr_multiplier": values["grouping_lr_multiplier"],
-        "lambda1": values["lambda1"],
-        "lambda2": values["lambda2"],
-        "temperature_schedule": schedule,
-    }

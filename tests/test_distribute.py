@@ -28,7 +28,7 @@ _SCRIPT = textwrap.dedent(
 
     from sfg_keras.layers import TemperatureSchedule
     from sfg_keras.losses import RMSE, CrossEntropy
-    from sfg_keras.models import TaskHead, sfg_small_cnn
+    from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
 
     keras.utils.set_random_seed(0)
     schedule = TemperatureSchedule(tau0=1.0, decay_rate=0.1, tau_min=0.1)
@@ -38,7 +38,7 @@ _SCRIPT = textwrap.dedent(
     y = {"a": rng.normal(size=(32, 1)).astype("float32"), "b": rng.integers(0, 2, 32)}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        model = sfg_small_cnn(tasks, widths=(4, 4), seed=0, temperature_schedule=schedule)
+        model = sfg_small_cnn(tasks, NetworkOptions(seed=0, temperature_schedule=schedule), widths=(4, 4))
         model.build((8, 8, 8, 1))
         model.compile(keras.optimizers.Adam(0.05), loss={"a": RMSE(), "b": CrossEntropy()})
     p0 = {k: v.tolist() for k, v in model.grouping_probabilities().items()}

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sfg_keras.analysis import load_grouping_history, save_grouping_history
 from sfg_keras.layers import SFGConv, TemperatureSchedule
 from sfg_keras.losses import RMSE, CrossEntropy
-from sfg_keras.models import TaskHead, sfg_small_cnn
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
 from sfg_keras.training import GroupingLogger, TemperatureScheduler
 
 SIZE = 8
@@ -28,7 +28,7 @@ def _data(tasks, n=16, seed=0):
 
 
 def _model(tasks):
-    model = sfg_small_cnn(tasks, widths=(6, 6), init_mode="random", seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(init_mode="random", seed=0), widths=(6, 6))
     model.build((None, SIZE, SIZE, 3))
     losses = {task.name: CrossEntropy() if task.is_categorical else RMSE() for task in tasks}
     model.compile(keras.optimizers.Adam(0.05), loss=losses)
@@ -226,7 +226,8 @@ def test_temperature_scheduler_and_logger_on_a_functional_model(tmp_path):
 
 def test_callbacks_work_on_a_model_that_is_not_built_yet(tmp_path):
     keras.utils.set_random_seed(0)
-    model = sfg_small_cnn(TWO_TASKS, widths=(6, 6), init_mode="random", seed=0)  # never built nor called
+    # never built nor called
+    model = sfg_small_cnn(TWO_TASKS, NetworkOptions(init_mode="random", seed=0), widths=(6, 6))
     initial = {name: p.copy() for name, p in model.grouping_probabilities().items()}
     model.compile(keras.optimizers.Adam(0.05), loss={"age": RMSE(), "gender": CrossEntropy()})
     x, y = _data(TWO_TASKS)

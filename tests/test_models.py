@@ -7,7 +7,15 @@ import tensorflow as tf
 
 from sfg_keras.layers import CrossStitch, SFGConv, TemperatureSchedule, block_assignment
 from sfg_keras.losses import RMSE, CrossEntropy, DicePlusCrossEntropy
-from sfg_keras.models import GROUPINGS, SFGNetwork, TaskHead, sfg_highresnet, sfg_small_cnn, sfg_vgg11
+from sfg_keras.models import (
+    GROUPINGS,
+    NetworkOptions,
+    SFGNetwork,
+    TaskHead,
+    sfg_highresnet,
+    sfg_small_cnn,
+    sfg_vgg11,
+)
 
 _TASKS = {
     2: [TaskHead("a", "regression", 1), TaskHead("b", "classification", 2)],
@@ -84,13 +92,21 @@ def _check_grouping(model, grouping, num_tasks):
 
 
 _BUILDS = {
-    "sfg_vgg11": (lambda tasks, g: sfg_vgg11(tasks, width_multiplier=1 / 8, grouping=g, seed=0), (2, 16, 16, 1), False),
+    "sfg_vgg11": (
+        lambda tasks, g: sfg_vgg11(tasks, NetworkOptions(width_multiplier=1 / 8, grouping=g, seed=0)),
+        (2, 16, 16, 1),
+        False,
+    ),
     "sfg_highresnet": (
-        lambda tasks, g: sfg_highresnet(tasks, width_multiplier=0.25, grouping=g, seed=0),
+        lambda tasks, g: sfg_highresnet(tasks, NetworkOptions(width_multiplier=0.25, grouping=g, seed=0)),
         (2, 8, 8, 1),
         True,
     ),
-    "sfg_small_cnn": (lambda tasks, g: sfg_small_cnn(tasks, widths=(6, 8), grouping=g, seed=0), (2, 8, 8, 1), False),
+    "sfg_small_cnn": (
+        lambda tasks, g: sfg_small_cnn(tasks, NetworkOptions(grouping=g, seed=0), widths=(6, 8)),
+        (2, 8, 8, 1),
+        False,
+    ),
 }
 
 
@@ -142,7 +158,7 @@ def _plain_vgg11_gap(tasks, width_multiplier):
 @pytest.mark.parametrize("num_tasks", [2, 3])
 def test_hard_sharing_vgg11_has_plain_vgg11_parameter_count(num_tasks):
     tasks = _TASKS[num_tasks]
-    model = sfg_vgg11(tasks, width_multiplier=0.125, grouping="hard_sharing")
+    model = sfg_vgg11(tasks, NetworkOptions(width_multiplier=0.125, grouping="hard_sharing"))
     model.build((2, 16, 16, 1))
     plain = _plain_vgg11_gap(tasks, 0.125)
     temperatures = len(model.sfg_layers)  # one non-trainable temperature scalar per SFG layer
@@ -151,7 +167,7 @@ def test_hard_sharing_vgg11_has_plain_vgg11_parameter_count(num_tasks):
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == sum(int(np.prod(w.shape)) for w in plain.trainable_weights)
     # learned SFG adds only the grouping logits and the per-group BN / PReLU of the extra groups
-    learned = sfg_vgg11(tasks, width_multiplier=0.125, grouping="learned")
+    learned = sfg_vgg11(tasks, NetworkOptions(width_multiplier=0.125, grouping="learned"))
     learned.build((2, 16, 16, 1))
     kernels = sum(int(np.prod(layer.kernel.shape)) for layer in learned.sfg_layers)
     assert kernels == sum(int(np.prod(layer.kernel.shape)) for layer in model.sfg_layers)
@@ -162,7 +178,7 @@ def test_hard_sharing_vgg11_has_plain_vgg11_parameter_count(num_tasks):
 
 
 def test_learned_default_p0_and_custom_p0():
-    model = sfg_small_cnn(_TASKS[2], widths=(4,), grouping="learned", p0=[0.5, 0.3, 0.2])
+    model = sfg_small_cnn(_TASKS[2], NetworkOptions(grouping="learned", p_init=(0.5, 0.3, 0.2)), widths=(4,))
     model.build((2, 8, 8, 1))
     np.testing.assert_allclose(model.sfg_layers[0].grouping_probabilities(), np.tile([0.5, 0.3, 0.2], (4, 1)),
                                atol=1e-6)
@@ -188,7 +204,7 @@ def test_fit_lowers_every_task_loss(grouping, num_tasks):
     keras.utils.set_random_seed(0)
     tasks = _TASKS[num_tasks]
     x, y = _two_task_data(num_tasks=num_tasks)
-    model = sfg_small_cnn(tasks, widths=(8, 8), grouping=grouping, seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(grouping=grouping, seed=0), widths=(8, 8))
     # deterministic (MAP) evaluation before / after for a sampled and a fixed grouping; uniform p (constant_p) has
     # no MAP architecture (argmax ties), it is only ever used with sampled architectures
     evaluate = grouping in ("learned", "hard_sharing")
@@ -212,7 +228,7 @@ def test_three_layer_network_learns_both_tasks_and_moves_p():
     keras.utils.set_random_seed(0)
     tasks = _TASKS[2]
     x, y = _two_task_data(n=160)
-    model = sfg_small_cnn(tasks, widths=(8, 8, 8), grouping="learned", seed=1)
+    model = sfg_small_cnn(tasks, NetworkOptions(grouping="learned", seed=1), widths=(8, 8, 8))
     before, after, history = _fit_and_compare(model, tasks, x, y, epochs=30)  # 300 steps
     assert int(model.optimizer.iterations.numpy()) == 300
     for task in tasks:
@@ -225,7 +241,7 @@ def test_three_layer_network_learns_both_tasks_and_moves_p():
 def test_evaluate_predict_and_keras_save_load(tmp_path):
     tasks = _TASKS[2]
     x, y = _two_task_data(n=16)
-    model = sfg_small_cnn(tasks, widths=(6, 6), grouping="cross_stitch", merge="concat", seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(grouping="cross_stitch", merge="concat", seed=0), widths=(6, 6))
     model.build((8, 12, 12, 1))
     rng = np.random.default_rng(0)
     for weight in model.trainable_weights:  # a trained-looking state (mixing weights, BN, heads) without a fit
@@ -252,7 +268,7 @@ def test_evaluate_predict_and_keras_save_load(tmp_path):
 
 def test_learned_network_save_load_keeps_p_and_outputs(tmp_path):
     tasks = _TASKS[3]
-    model = sfg_small_cnn(tasks, widths=(6, 6), grouping="learned", init_mode="random", seed=4)
+    model = sfg_small_cnn(tasks, NetworkOptions(grouping="learned", init_mode="random", seed=4), widths=(6, 6))
     x, _ = _two_task_data(n=8, num_tasks=3)
     model.build(x.shape)
     path = tmp_path / "learned.keras"
@@ -272,7 +288,7 @@ def test_same_seed_same_outputs():
 
     def run():
         keras.utils.set_random_seed(11)
-        model = sfg_small_cnn(_TASKS[2], widths=(6, 6), seed=5)
+        model = sfg_small_cnn(_TASKS[2], NetworkOptions(seed=5), widths=(6, 6))
         model.build(x.shape)
         return [keras.ops.convert_to_numpy(model(x, training=True)["a"]) for _ in range(2)]
 
@@ -285,7 +301,7 @@ def test_same_seed_same_outputs():
 def test_fit_with_xla_sets_temperature():
     schedule = TemperatureSchedule(tau0=1.0, decay_rate=0.05, tau_min=0.1)
     tasks = _TASKS[2]
-    model = sfg_small_cnn(tasks, widths=(4,), seed=0, temperature_schedule=schedule)
+    model = sfg_small_cnn(tasks, NetworkOptions(seed=0, temperature_schedule=schedule), widths=(4,))
     x, y = _two_task_data(n=16)
     model.build((8, 12, 12, 1))
     model.compile("adam", loss=_losses(tasks), jit_compile=True)
@@ -298,7 +314,7 @@ def test_fit_with_xla_sets_temperature():
 def test_mixed_float16_fit_with_dense_heads_and_missing_pixels():
     keras.config.set_dtype_policy("mixed_float16")
     tasks = _DENSE_TASKS[2]
-    model = sfg_small_cnn(tasks, widths=(4, 4), dense=True, seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(seed=0), widths=(4, 4), dense=True)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 8, 8, 1)).astype("float32")
     ct = rng.normal(size=(4, 8, 8, 1)).astype("float32")
@@ -321,7 +337,7 @@ def test_mixed_float16_fit_with_dense_heads_and_missing_pixels():
 
 def test_missing_label_contributes_nothing_through_the_model():
     tasks = _TASKS[2]
-    model = sfg_small_cnn(tasks, widths=(6, 6), seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(seed=0), widths=(6, 6))
     x, y = _two_task_data(n=8)
     model.build(x.shape)
     missing_a = y["a"].copy()
@@ -350,7 +366,7 @@ def test_missing_label_contributes_nothing_through_the_model():
 
 def test_task_without_any_label_leaves_its_head_unchanged():
     tasks = _TASKS[2]
-    model = sfg_small_cnn(tasks, widths=(6,), seed=0)
+    model = sfg_small_cnn(tasks, NetworkOptions(seed=0), widths=(6,))
     x, y = _two_task_data(n=16)
     model.build((8, 12, 12, 1))
     model.compile("adam", loss=_losses(tasks))
@@ -366,7 +382,9 @@ def test_task_without_any_label_leaves_its_head_unchanged():
 
 
 def test_model_losses_are_the_regularisation_terms():
-    model = sfg_small_cnn(_TASKS[2], widths=(5, 6), lambda1=1e-3, lambda2=0.1, init_mode="random", seed=2)
+    model = sfg_small_cnn(
+        _TASKS[2], NetworkOptions(kernel_l2=1e-3, entropy_weight=0.1, init_mode="random", seed=2), widths=(5, 6)
+    )
     x, _ = _two_task_data(n=4)
     model.build(x.shape)
     model(x, training=True)
@@ -383,7 +401,7 @@ def test_model_losses_are_the_regularisation_terms():
 
 def test_network_errors():
     with pytest.raises(ValueError, match="grouping"):
-        sfg_small_cnn(_TASKS[2], grouping="dense")
+        sfg_small_cnn(_TASKS[2], NetworkOptions(grouping="dense"))
     with pytest.raises(ValueError, match="num_tasks=3"):
         SFGNetwork(trunk=[SFGConv(4, 3, num_tasks=3)], heads=_TASKS[2],
                    head_layers=[keras.layers.Dense(1), keras.layers.Dense(2)])
@@ -402,8 +420,7 @@ def test_constant_mask_with_fewer_kernels_than_groups_runs():
 
     model = _sfg_vgg11(
         [_TaskHead("a", "regression", 1), _TaskHead("b", "classification", 2)],
-        width_multiplier=0.03,
-        grouping="constant_mask",
+        NetworkOptions(width_multiplier=0.03, grouping="constant_mask"),
     )
     model.build((None, 32, 32, 3))
     assert model.sfg_layers[0].filters == 2 and model.sfg_layers[0].active_groups == [0, 1]
