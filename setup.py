@@ -39,7 +39,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["sfg_keras", "sfg_keras.*", "applications", "applications.*"]),
+    # The repository's applications/ folder is installed under a name no other distribution claims.
+    packages=[*find_packages(include=["sfg_keras", "sfg_keras.*"]), "sfg_keras_applications"],
+    package_dir={"sfg_keras_applications": "applications"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["sfg_run=sfg_keras.cli:main"]},

@@ -11,7 +11,6 @@ sfg_run config-help
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
 import sys
 import time
@@ -61,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("-c", "--config", required=True, help="the .ini configuration file")
         sub.add_argument(
-            "-a", "--app", help="application: age_gender, mr_ct or a dotted path to a BaseApplication subclass "
+            "-a", "--app", help="application: age_gender, mr_ct or a dotted path to a sfg_keras.engine.BaseApplication "
+            "subclass "
             "(default: detected from the config's [AGE_GENDER] / [MR_CT] section)"
         )
         sub.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -80,23 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _detect_application(config_path: str) -> str:
-    from applications import APPLICATION_SECTIONS
-
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    try:
-        parser.read(config_path, encoding="utf-8")
-    except configparser.Error:
-        return ""
-    for section in parser.sections():
-        name = APPLICATION_SECTIONS.get(section.upper())
-        if name:
-            return name
-    return ""
+_CURRENT_MODEL_DIR: list[str] = []  # model_dir of the action running in this process (for the error log)
 
 
 def run_action(action: str, config: str, app: str | None = None, overrides: list[str] | None = None):
-    """Runs one sfg_run action in this process and returns what the application returned.
+    """Runs one sfg_run action in this process and returns what the engine returned.
 
     Example:
 
@@ -104,24 +92,26 @@ def run_action(action: str, config: str, app: str | None = None, overrides: list
     run_action("train", "configs/demo_mr_ct.ini", overrides=["--max_iter=50"])
     ```
     """
-    from sfg_keras.config import ConfigError, load_settings, write_settings
+    from sfg_keras.config import ConfigError, load_settings
+    from sfg_keras.engine.factory import detect_application, load_application
 
+    if os.path.isdir(config):
+        raise IsADirectoryError(f"-c {config} is a folder; expected a .ini config file.")
     if not os.path.isfile(config):
         raise FileNotFoundError(f"Config file not found: {config}")
-    app_name = app or _detect_application(config)
+    app_name = app or detect_application(config)
     if not app_name:
         raise ConfigError(
             f"{config}: cannot tell which application to run: pass -a age_gender, -a mr_ct or -a package.module.Class "
             "(or add an [AGE_GENDER] / [MR_CT] section)."
         )
-    from applications import load_application
-
     application_class = load_application(app_name)
     settings = load_settings(config, overrides or [], action=action, extra_sections=application_class.APP_SECTIONS)
-    settings_file = write_settings(settings)
-    print(f"[sfg_run] {action} with {application_class.__name__}; settings written to {settings_file}")
-    application = application_class(settings)
-    return getattr(application, action)()
+    _CURRENT_MODEL_DIR[:] = [settings.system.model_dir]
+    print(f"[sfg_run] {action} with {application_class.__name__} (model_dir {settings.system.model_dir})")
+    from sfg_keras.engine.driver import Driver
+
+    return Driver(application_class(settings)).run(action)
 
 
 def generate_data(kind: str, output: str, num: int | None, seed: int, overwrite: bool):
@@ -163,8 +153,8 @@ def _demo(output: str | None) -> None:
         print(f"\n===== sfg_run {action} -c {config.relative_to(REPO_ROOT)} =====", flush=True)
         run_action(action, str(config), "mr_ct", overrides if action == "train" else overrides[1:])
         keras.backend.clear_session()
-    from applications import load_application
     from sfg_keras.config import load_settings
+    from sfg_keras.engine.factory import load_application
 
     settings = load_settings(str(config), overrides[1:], action="evaluation",
                              extra_sections=load_application("mr_ct").APP_SECTIONS)
@@ -192,7 +182,9 @@ def _print_share_changes(summary_csv: Path, settings) -> None:
 
     if not summary_csv.is_file():
         return
-    groups = [task.name for task in settings.task_specs()] + ["shared"]
+    from sfg_keras.groups import group_names
+
+    groups = group_names([task.name for task in settings.task_specs()])
     p0 = dict(zip(groups, settings.sfg.p0))
     with open(summary_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -208,8 +200,8 @@ def _print_share_changes(summary_csv: Path, settings) -> None:
 
 def config_markdown() -> str:
     """Every config section and key (fixed, built-in application and input sections) as Markdown tables."""
-    from applications import BUILT_IN_APPLICATIONS, load_application
     from sfg_keras.config import dump_schema_markdown
+    from sfg_keras.engine.factory import BUILT_IN_APPLICATIONS, load_application
 
     extra = {}
     for name in BUILT_IN_APPLICATIONS:
@@ -217,12 +209,33 @@ def config_markdown() -> str:
     return dump_schema_markdown(extra)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and finds its devices with the C++ start-up logs (absl's pre-initialisation messages,
+    oneDNN and CUDA probing) silenced, unless the user set `TF_CPP_MIN_LOG_LEVEL` to see them. Python errors still
+    surface: only the process's stderr file descriptor is redirected, and only during the import."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sfg_run` console script. Returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     args.debug = getattr(args, "debug", False)
+    if args.action in (*ACTIONS, "demo"):
+        _import_tensorflow_quietly()
     try:
         if args.action == "config-help":
             print(config_markdown())
@@ -240,13 +253,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sfg_run: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, OSError) as error:
+    except _user_errors() as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"sfg_run: error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:  # an unexpected failure: one line here, the traceback in the error log
+        if args.debug:
+            raise
+        log = _write_error_log()
+        print(f"sfg_run: unexpected error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+              f" (full traceback in {log}; run with --debug to print it)", file=sys.stderr)
+        return 1
 
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sfg_keras.engine.lock import ModelDirLockedError
+
+    return (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, OSError, ModelDirLockedError)
+
+
+def _write_error_log() -> str:
+    """Writes the current exception's traceback to `model_dir/logs/error.log` (or a temporary file before the
+    settings were read) and returns its path."""
+    import tempfile
+    import traceback
+
+    text = f"sfg_run {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n\n{traceback.format_exc()}"
+    candidates = [Path(d) / "logs" / "error.log" for d in _CURRENT_MODEL_DIR]
+    candidates.append(Path(tempfile.gettempdir()) / f"sfg_run-error-{os.getpid()}.log")
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+            return str(path)
+        except OSError:
+            continue
+    sys.stderr.write(text)
+    return "stderr"
 
 if __name__ == "__main__":
     sys.exit(main())

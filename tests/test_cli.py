@@ -80,13 +80,6 @@ def run(args, env=None, check=True, timeout=600):
     return result
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    data = tmp_path_factory.mktemp("pelvis")
-    run(["generate-data", "pelvis", "-o", str(data), "--num", "5"])
-    return data
-
-
 def write_config(folder: Path, data: Path, max_iter=6, save_every_n=3, validation_every_n=3, extra="") -> Path:
     config = folder / "run.ini"
     config.write_text(
@@ -99,10 +92,10 @@ def write_config(folder: Path, data: Path, max_iter=6, save_every_n=3, validatio
 
 
 @pytest.mark.slow
-def test_train_infer_evaluate_analyse_export(cohort, tmp_path):
-    config = write_config(tmp_path, cohort)
-    model_dir = tmp_path / "model"
-    out = run(["train", "-c", str(config)])
+def test_train_infer_evaluate_analyse_export(cohort, trained_run):
+    folder, out = trained_run  # `sfg_run train` of this config to iteration 6 (conftest.py)
+    config = folder / "run.ini"
+    model_dir = folder / "model"
     assert (model_dir / "models" / "model-6.keras").is_file(), out.stdout[-2000:]
     assert (model_dir / "settings_train.txt").is_file()
     assert (model_dir / "dataset_split.csv").is_file()
@@ -185,7 +178,11 @@ def test_sigkill_resumes_from_last_checkpoint(cohort, tmp_path):
     last = saved[-1]
     assert last < 400
     resume_to = last + 4
+    lock = tmp_path / "model" / ".sfg_run.lock"
+    assert lock.is_file()  # the killed run could not release its lock ...
     result = run(["train", "-c", str(config), "--starting_iter=-1", f"--max_iter={resume_to}"])
+    assert "taking over the stale lock" in result.stderr and str(process.pid) in result.stderr  # ... it is taken over
+    assert not lock.exists()
     assert (checkpoints / f"model-{resume_to}.keras").is_file(), result.stdout[-2000:]
     import keras
 

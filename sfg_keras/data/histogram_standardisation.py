@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sfg_keras.data.intensity import masked_values
+
 LANDMARK_TYPES = ("percentile", "quartile")
 _FILE_TITLE = "# sfg_keras histogram standardisation (Nyul & Udupa)"
 _FILE_KEYS = ("cutoff", "landmarks", "scale", "percentiles", "reference")
@@ -125,14 +127,11 @@ class HistogramStandardisation:
             float64 array of landmark intensities, one per entry of `self.percentiles`.
         """
         array = np.asarray(array, dtype=np.float64)
-        if mask is None:
-            mask = mean_plus_mask(array)
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != array.shape:
-            raise ValueError(f"mask has shape {mask.shape}, expected the volume's shape {array.shape}.")
-        values = array[mask]
-        if values.size == 0:
-            raise ValueError(f"The foreground mask of a volume of shape {array.shape} is empty.")
+        values = masked_values(
+            array,
+            mean_plus_mask(array) if mask is None else mask,
+            f"The foreground mask of a volume of shape {array.shape} is empty.",
+        )
         return np.percentile(values, self.percentiles)
 
     def fit(

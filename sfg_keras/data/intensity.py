@@ -7,6 +7,30 @@ import numpy as np
 CT_SCALE = 1024.0
 
 
+def masked_values(array: np.ndarray, mask: np.ndarray | None, empty_message: str) -> np.ndarray:
+    """The voxels of `array` selected by the boolean `mask` (all voxels when `mask` is None).
+
+    Raises:
+        ValueError: the mask's shape differs from the volume's, or it selects no voxel (`empty_message`).
+
+    Example:
+
+    ```python
+    foreground = masked_values(mr, mr > mr.mean(), "the MR has no foreground")
+    ```
+    """
+    if mask is None:
+        values = np.ravel(array)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != array.shape:
+            raise ValueError(f"mask has shape {mask.shape}, expected the volume's shape {array.shape}.")
+        values = array[mask]
+    if values.size == 0:
+        raise ValueError(empty_message)
+    return values
+
+
 def whiten(array: np.ndarray, mask: np.ndarray | None = None, epsilon: float = 1e-8) -> np.ndarray:
     """Shifts and scales a volume to zero mean and unit variance (NiftyNet's `whitening`).
 
@@ -29,15 +53,7 @@ def whiten(array: np.ndarray, mask: np.ndarray | None = None, epsilon: float = 1
     ```
     """
     array = np.asarray(array, dtype=np.float64)
-    if mask is None:
-        values = array
-    else:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != array.shape:
-            raise ValueError(f"mask has shape {mask.shape}, expected the volume's shape {array.shape}.")
-        values = array[mask]
-    if values.size == 0:
-        raise ValueError(f"Cannot whiten a volume of shape {array.shape}: the mask selects no voxel.")
+    values = masked_values(array, mask, f"Cannot whiten a volume of shape {array.shape}: the mask selects no voxel.")
     mean = values.mean()
     std = values.std()
     scale = std if std >= epsilon else 1.0

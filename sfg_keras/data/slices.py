@@ -88,16 +88,20 @@ def pad_slices_to(slices: np.ndarray, size: Sequence[int], constant_value: float
     padded = pad_slices_to(slices, padded_size(slices.shape[1:3], 8))
     ```
     """
-    slices = np.asarray(slices)
-    if slices.ndim not in (3, 4):
-        raise ValueError(f"slices must have shape [N, H, W] or [N, H, W, C]. Received shape: {slices.shape}")
-    target_h, target_w = (int(s) for s in size)
-    height, width = slices.shape[1:3]
+    slices, (height, width), (target_h, target_w) = _slice_stack(slices, "slices", size)
     if target_h < height or target_w < width:
         raise ValueError(f"Cannot pad slices of size {(height, width)} to the smaller size {(target_h, target_w)}.")
     padding = [(0, 0), _symmetric_margins(height, target_h), _symmetric_margins(width, target_w)]
     padding += [(0, 0)] * (slices.ndim - 3)
     return np.pad(slices, padding, mode="constant", constant_values=constant_value)
+
+
+def _slice_stack(array, name: str, size: Sequence[int]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """`(array, its (height, width), size as ints)` after checking `array` is `[N, H, W]` or `[N, H, W, C]`."""
+    array = np.asarray(array)
+    if array.ndim not in (3, 4):
+        raise ValueError(f"{name} must have shape [N, H, W] or [N, H, W, C]. Received shape: {array.shape}")
+    return array, tuple(int(s) for s in array.shape[1:3]), tuple(int(s) for s in size)
 
 
 def crop_slices_from(padded: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -116,11 +120,7 @@ def crop_slices_from(padded: np.ndarray, size: Sequence[int]) -> np.ndarray:
     prediction = crop_slices_from(padded_prediction, slices.shape[1:3])
     ```
     """
-    padded = np.asarray(padded)
-    if padded.ndim not in (3, 4):
-        raise ValueError(f"padded must have shape [N, H, W] or [N, H, W, C]. Received shape: {padded.shape}")
-    height, width = (int(s) for s in size)
-    padded_h, padded_w = padded.shape[1:3]
+    padded, (padded_h, padded_w), (height, width) = _slice_stack(padded, "padded", size)
     if height > padded_h or width > padded_w:
         raise ValueError(f"Cannot crop size {(height, width)} out of slices of size {(padded_h, padded_w)}.")
     top, _ = _symmetric_margins(height, padded_h)

@@ -211,6 +211,56 @@ def write_file_list(mapping: Mapping[str, str | Path], csv_path: str | Path) -> 
     return csv_path
 
 
+def _search_section(section: InputSection, base_dir: str | Path) -> dict[str, Path]:
+    """Searches the folders of `section.path_to_search` and returns `{subject_id: file}` (possibly empty); a file
+    reached twice (overlapping folders, links) counts once.
+
+    Raises:
+        FileNotFoundError: if a searched folder does not exist.
+        ValueError: if `path_to_search` is empty, if two files give the same subject id or if a file name reduces to
+            an empty subject id.
+    """
+    if not section.path_to_search:
+        raise ValueError(
+            f"Section [{section.name}]: path_to_search is empty and no existing csv_file was given "
+            f"(csv_file={section.csv_file!r}). Expected at least one folder to search."
+        )
+    matches: dict[str, Path] = {}
+    seen: set[Path] = set()
+    for folder_text in section.path_to_search:
+        folder = _resolve(folder_text, base_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"Section [{section.name}]: path_to_search folder '{folder_text}' does not exist "
+                f"(resolved to '{folder}')."
+            )
+        for file_path in _candidate_files(folder):
+            resolved = file_path.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            stem, _ = _split_suffix(file_path.name)
+            if not all(pattern in file_path.name for pattern in section.filename_contains):
+                continue
+            if any(pattern in file_path.name for pattern in section.filename_not_contains):
+                continue
+            subject = _subject_id(stem, section)
+            if not subject:
+                raise ValueError(
+                    f"Section [{section.name}]: file '{file_path}' leaves an empty subject id after removing "
+                    f"filename_contains={section.filename_contains} and "
+                    f"filename_removefromid={section.filename_removefromid!r}."
+                )
+            if subject in matches:
+                raise ValueError(
+                    f"Section [{section.name}]: subject id '{subject}' is matched by two files: "
+                    f"'{matches[subject]}' and '{file_path}'. Refine filename_contains / filename_not_contains / "
+                    "filename_removefromid so that each subject has one file."
+                )
+            matches[subject] = file_path
+    return matches
+
+
 def match_section(section: InputSection, base_dir: str | Path) -> dict[str, str]:
     """Finds the files of one input section and keys them by subject id.
 
@@ -250,44 +300,7 @@ def match_section(section: InputSection, base_dir: str | Path) -> dict[str, str]
             raise ValueError(f"Section [{section.name}]: csv_file '{csv_path}' lists no files.")
         return dict(sorted(mapping.items()))
 
-    if not section.path_to_search:
-        raise ValueError(
-            f"Section [{section.name}]: path_to_search is empty and no existing csv_file was given "
-            f"(csv_file={section.csv_file!r}). Expected at least one folder to search."
-        )
-    matches: dict[str, Path] = {}
-    seen: set[Path] = set()
-    for folder_text in section.path_to_search:
-        folder = _resolve(folder_text, base_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"Section [{section.name}]: path_to_search folder '{folder_text}' does not exist "
-                f"(resolved to '{folder}')."
-            )
-        for file_path in _candidate_files(folder):
-            resolved = file_path.resolve()
-            if resolved in seen:
-                continue
-            seen.add(resolved)
-            stem, _ = _split_suffix(file_path.name)
-            if not all(pattern in file_path.name for pattern in section.filename_contains):
-                continue
-            if any(pattern in file_path.name for pattern in section.filename_not_contains):
-                continue
-            subject = _subject_id(stem, section)
-            if not subject:
-                raise ValueError(
-                    f"Section [{section.name}]: file '{file_path}' leaves an empty subject id after removing "
-                    f"filename_contains={section.filename_contains} and "
-                    f"filename_removefromid={section.filename_removefromid!r}."
-                )
-            if subject in matches:
-                raise ValueError(
-                    f"Section [{section.name}]: subject id '{subject}' is matched by two files: "
-                    f"'{matches[subject]}' and '{file_path}'. Refine filename_contains / filename_not_contains / "
-                    "filename_removefromid so that each subject has one file."
-                )
-            matches[subject] = file_path
+    matches = _search_section(section, base_dir)
     if not matches:
         raise ValueError(f"No image file matches {section.describe()} (resolved against '{base_dir}').")
     mapping = {subject: str(matches[subject].absolute()) for subject in sorted(matches)}

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from sfg_keras import groups
 from sfg_keras.layers.cross_stitch import CrossStitch
 from sfg_keras.layers.per_stream import PerStream
 from sfg_keras.layers.sfg_conv import SFGConv
@@ -210,8 +211,8 @@ class SFGNetwork(keras.Model):
 
     @property
     def group_names(self) -> list[str]:
-        """Group names in stream order: the task names, then `"shared"`."""
-        return self.task_names + ["shared"]
+        """Group names in stream order: the task names, then `"shared"` (`sfg_keras.groups.group_names`)."""
+        return groups.group_names(self.task_names)
 
     def grouping_probabilities(self) -> dict[str, np.ndarray]:
         """Per SFG layer (by name, in order) the probabilities `[filters, T + 1]` (one-hot if fixed)."""
@@ -237,11 +238,33 @@ class SFGNetwork(keras.Model):
 
     def map_counts(self) -> dict[str, dict[str, int]]:
         """Per SFG layer the number of kernels whose MAP group is each group, keyed by group name."""
-        groups = len(self.group_names)
+        num_groups = len(self.group_names)
         return {
-            name: dict(zip(self.group_names, np.bincount(a, minlength=groups).tolist()))
+            name: dict(zip(self.group_names, np.bincount(a, minlength=num_groups).tolist()))
             for name, a in self.map_assignments().items()
         }
+
+    # === Saving ===
+
+    _SEED_STATE_PREFIX = "seed_state_"
+
+    def save_own_variables(self, store):
+        """Saves the network's own variables and the state of every SFG layer's seed generator, so that a resumed
+        run continues the sampling sequence instead of replaying it (Keras does not save `SeedGenerator` states)."""
+        super().save_own_variables(store)
+        for layer in self.sfg_layers:
+            store[self._SEED_STATE_PREFIX + layer.name] = ops.convert_to_numpy(layer.seed_generator.state)
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` saved; files written without seed states load as before."""
+        keys = list(store.keys())
+        prefix = self._SEED_STATE_PREFIX
+        super().load_own_variables({key: store[key] for key in keys if not key.startswith(prefix)})
+        layers = {layer.name: layer for layer in self.sfg_layers}
+        for key in keys:
+            layer = layers.get(key[len(prefix):]) if key.startswith(prefix) else None
+            if layer is not None:
+                layer.seed_generator.state.assign(np.asarray(store[key]))
 
     # === Config ===
 

@@ -1,6 +1,8 @@
-"""Training helpers: Keras callbacks for SFG models (temperature annealing, TensorBoard grouping logger)."""
+"""Training helpers: Keras callbacks for SFG models (temperature annealing, TensorBoard grouping logger, the run
+monitor of sfg_run) and atomic checkpoints."""
 
 from sfg_keras.training.grouping_logger import GroupingLogger
+from sfg_keras.training.monitor import TrainingMonitor
 from sfg_keras.training.temperature_callback import TemperatureScheduler
 
-__all__ = ["GroupingLogger", "TemperatureScheduler"]
+__all__ = ["GroupingLogger", "TemperatureScheduler", "TrainingMonitor"]

@@ -72,6 +72,8 @@ class GroupingLogger(keras.callbacks.Callback):
         image_every_n_steps: int or None. Period of the images. Defaults to `10 * every_n_steps`.
         history_every_n_steps: int or None. How often the history file is rewritten (it grows with every
             snapshot: `4 * K * (T + 1)` bytes per layer). Defaults to `every_n_steps`.
+        log_metrics: bool. Also write the Keras training and validation logs (`train/...`, `validation/...`).
+            Disable it when another callback writes them (sfg_run's `TrainingMonitor`). Defaults to True.
 
     Example:
 
@@ -90,9 +92,11 @@ class GroupingLogger(keras.callbacks.Callback):
         history_file: str = "grouping_history.npz",
         image_every_n_steps: int | None = None,
         history_every_n_steps: int | None = None,
+        log_metrics: bool = True,
     ):
         super().__init__()
         self.log_dir = Path(log_dir)
+        self.log_metrics = bool(log_metrics)
         self.every_n_steps = _positive_int(every_n_steps, "every_n_steps")
         self.image_every_n_steps = _positive_int(
             10 * self.every_n_steps if image_every_n_steps is None else image_every_n_steps, "image_every_n_steps"
@@ -228,9 +232,13 @@ class GroupingLogger(keras.callbacks.Callback):
         self._load_history()
         self._in_fit = True
         self._last_image_step = None
-        # The starting point of this run (step 0 of a new run): first snapshot of the trajectories.
+        # The starting point of this run (step 0 of a new run): first snapshot of the trajectories. A resumed run
+        # whose start is already in the history (written by the run it continues) does not write it twice.
         self._previous_step = self._step()
-        self._write_layers(self._previous_step, scalars=True, images=False)
+        if self._previous_step not in self.history_steps:
+            self._write_layers(self._previous_step, scalars=True, images=False)
+        else:
+            self._last_layer_step = self._previous_step
 
     @staticmethod
     def _crossed(previous: int, step: int, period: int) -> bool:
@@ -241,17 +249,20 @@ class GroupingLogger(keras.callbacks.Callback):
         step = self._step()
         previous, self._previous_step = self._previous_step, step
         if self._crossed(previous, step, self.every_n_steps):
-            self._write_logs("train", logs, step)
+            if self.log_metrics:
+                self._write_logs("train", logs, step)
             self._write_layers(step, scalars=True, images=self._crossed(previous, step, self.image_every_n_steps))
             if self._crossed(previous, step, self.history_every_n_steps):
                 self.save_history()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.log_metrics:
+            return
         self._write_logs("validation", logs, self._step(), strip=_VALIDATION_PREFIX)
         self._ensure_writer().flush()
 
     def on_test_end(self, logs=None):
-        if not self._in_fit:
+        if self.log_metrics and not self._in_fit:
             self._write_logs("validation", logs, self._step())
             self._ensure_writer().flush()
 

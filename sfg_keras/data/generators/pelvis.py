@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -216,12 +217,28 @@ def _ellipsoid_radius(
     return np.sqrt(planar * planar + dw * dw)
 
 
-def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, ...]):
-    """Draws one random pelvis as a tissue map (and a bone texture in [0, 1]).
+class _PelvisGrid(NamedTuple):
+    """Voxel coordinates of a pelvis volume (see `_pelvis_tissue_map`).
 
-    The anatomy is scaled to the field of view: in-plane coordinates `u` (left-right) and `v` (posterior-anterior) are
-    in units of half the smaller in-plane field of view, `w` (inferior-superior) in units of half the axial extent.
+    Attributes:
+        u, v, w: normalised coordinates, broadcastable to the volume shape.
+        u_d, v_d, w_d: the same after the smooth random deformation (full volume shape).
+        z_inplane: `w_d` in in-plane units (for round femoral heads).
+        axial_to_inplane: ratio of the axial to the in-plane normalisation length.
     """
+
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+    u_d: np.ndarray
+    v_d: np.ndarray
+    w_d: np.ndarray
+    z_inplane: np.ndarray
+    axial_to_inplane: float
+
+
+def _pelvis_grid(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, ...]) -> _PelvisGrid:
+    """Normalised and randomly deformed coordinates of the volume (draws the deformation from `rng`)."""
     nx, ny, nz = shape
     half_inplane = 0.5 * min(nx * spacing[0], ny * spacing[1])
     half_axial = 0.5 * nz * spacing[2]
@@ -233,27 +250,35 @@ def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], sp
     u_d = u + amplitude * _smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
     v_d = v + amplitude * _smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
     w_d = np.broadcast_to(w, u_d.shape)
+    axial_to_inplane = half_axial / half_inplane
     # Physical z in in-plane units (for round femoral heads).
-    z_inplane = w_d * (half_axial / half_inplane)
+    z_inplane = w_d * axial_to_inplane
+    return _PelvisGrid(u, v, w, u_d, v_d, w_d, z_inplane, axial_to_inplane)
 
-    def wobble(num: int, scale: float) -> np.ndarray:
-        return np.stack([rng.uniform(0.0, scale, size=num), rng.uniform(0.0, 2.0 * np.pi, size=num)], axis=1)
 
-    tissue = np.full(u_d.shape, _AIR, dtype=np.uint8)
+def _wobble(rng: np.random.Generator, num: int, scale: float) -> np.ndarray:
+    """Random outline harmonics for `_ellipse_radius`: `num` rows of (amplitude in [0, scale), phase)."""
+    return np.stack([rng.uniform(0.0, scale, size=num), rng.uniform(0.0, 2.0 * np.pi, size=num)], axis=1)
 
-    # Body outline and subcutaneous fat; the body tapers slightly towards the feet.
+
+def _draw_body(rng: np.random.Generator, tissue: np.ndarray, grid: _PelvisGrid) -> None:
+    """Body outline and subcutaneous fat, in place; the body tapers slightly towards the feet."""
     body_axes = (rng.uniform(0.82, 0.93), rng.uniform(0.6, 0.72))
     body_center = (rng.uniform(-0.03, 0.03), rng.uniform(-0.05, 0.03))
-    taper = 1.0 + 0.04 * w_d
-    body_r = _ellipse_radius(u_d / taper, v_d / taper, body_center, body_axes, wobble(3, 0.035))
+    taper = 1.0 + 0.04 * grid.w_d
+    body_r = _ellipse_radius(grid.u_d / taper, grid.v_d / taper, body_center, body_axes, _wobble(rng, 3, 0.035))
     fat_depth = rng.uniform(0.78, 0.9)
     tissue[body_r < 1.0] = _FAT
     tissue[body_r < fat_depth] = _MUSCLE
 
+
+def _draw_pelvic_bones(rng: np.random.Generator, tissue: np.ndarray, grid: _PelvisGrid) -> tuple[float, float]:
+    """Pelvic bone ring, pelvic fat and femoral heads, in place; returns the ring's centre."""
+    u_d, v_d, w_d = grid.u_d, grid.v_d, grid.w_d
     # Pelvic bone ring (ilium laterally, sacrum posteriorly, pubis anteriorly in the inferior half only).
     ring_center = (rng.uniform(-0.03, 0.03), rng.uniform(-0.08, 0.0))
     ring_axes = (rng.uniform(0.5, 0.58), rng.uniform(0.38, 0.45))
-    ring_r = _ellipse_radius(u_d, v_d, ring_center, ring_axes, wobble(2, 0.04))
+    ring_r = _ellipse_radius(u_d, v_d, ring_center, ring_axes, _wobble(rng, 2, 0.04))
     angle = np.arctan2((v_d - ring_center[1]) / ring_axes[1], (u_d - ring_center[0]) / ring_axes[0])
     thickness = rng.uniform(0.08, 0.11) * (1.0 + 0.45 * np.cos(2.0 * angle))
     band = np.abs(ring_r - 1.0) / thickness
@@ -267,21 +292,28 @@ def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], sp
 
     # Femoral heads: spheres beside the ring (the acetabulum), in the inferior part of the volume.
     head_radius = rng.uniform(0.13, 0.17)
-    head_z = rng.uniform(-0.75, -0.35) * (half_axial / half_inplane)
+    head_z = rng.uniform(-0.75, -0.35) * grid.axial_to_inplane
     head_y = rng.uniform(-0.06, 0.04)
     for side in (-1.0, 1.0):
         head_x = side * (ring_axes[0] + rng.uniform(0.05, 0.1)) + ring_center[0]
-        dist = np.sqrt((u_d - head_x) ** 2 + (v_d - head_y) ** 2 + (z_inplane - head_z) ** 2) / head_radius
+        dist = np.sqrt((u_d - head_x) ** 2 + (v_d - head_y) ** 2 + (grid.z_inplane - head_z) ** 2) / head_radius
         bone |= dist < 1.0
         cortical |= (dist < 1.0) & (dist > 0.75)
     bone &= tissue != _AIR
     tissue[bone] = _TRABECULAR
     tissue[cortical & bone] = _CORTICAL
+    return ring_center
 
+
+def _draw_bladder_and_prostate(
+    rng: np.random.Generator, tissue: np.ndarray, grid: _PelvisGrid, ring_center: tuple[float, float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Bladder and prostate, in place; returns the prostate's centre and semi-axes."""
+    u_d, v_d, w_d = grid.u_d, grid.v_d, grid.w_d
     # Bladder: an ellipsoid inside the ring, anterior and superior.
     bladder_center = (rng.uniform(-0.04, 0.04), rng.uniform(0.04, 0.12) + ring_center[1], rng.uniform(0.15, 0.45))
     bladder_axes = (rng.uniform(0.18, 0.27), rng.uniform(0.12, 0.18), rng.uniform(0.5, 0.8))
-    bladder = _ellipsoid_radius(u_d, v_d, w_d, bladder_center, bladder_axes, wobble(3, 0.06)) < 1.0
+    bladder = _ellipsoid_radius(u_d, v_d, w_d, bladder_center, bladder_axes, _wobble(rng, 3, 0.06)) < 1.0
     tissue[bladder] = _URINE
 
     # Prostate: below the bladder, slightly posterior.
@@ -291,14 +323,26 @@ def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], sp
         rng.uniform(-0.55, -0.3),
     )
     prostate_axes = (rng.uniform(0.11, 0.15), rng.uniform(0.08, 0.11), rng.uniform(0.35, 0.5))
-    prostate = _ellipsoid_radius(u_d, v_d, w_d, prostate_center, prostate_axes, wobble(2, 0.05)) < 1.0
+    prostate = _ellipsoid_radius(u_d, v_d, w_d, prostate_center, prostate_axes, _wobble(rng, 2, 0.05)) < 1.0
     tissue[prostate] = _PROSTATE
+    return prostate_center, prostate_axes
 
-    # Rectum: a tube along z, posterior to the prostate, meandering gently; wall, content and sometimes gas.
+
+def _draw_rectum(
+    rng: np.random.Generator,
+    tissue: np.ndarray,
+    grid: _PelvisGrid,
+    prostate_center: tuple[float, float, float],
+    prostate_axes: tuple[float, float, float],
+) -> None:
+    """Rectum, in place: a tube along z, posterior to the prostate, meandering gently; wall, content and sometimes
+    gas."""
+    u_d, v_d, w_d = grid.u_d, grid.v_d, grid.w_d
     rectum_axes = (rng.uniform(0.09, 0.13), rng.uniform(0.07, 0.1))
     rectum_y = prostate_center[1] - prostate_axes[1] - rectum_axes[1] - rng.uniform(0.02, 0.05)
     meander = rng.uniform(0.0, 0.04) * np.sin(np.pi * w_d * rng.uniform(0.5, 1.0) + rng.uniform(0, 2 * np.pi))
-    rectum_r = _ellipse_radius(u_d - meander, v_d, (rng.uniform(-0.03, 0.03), rectum_y), rectum_axes, wobble(2, 0.08))
+    rectum_center = (rng.uniform(-0.03, 0.03), rectum_y)
+    rectum_r = _ellipse_radius(u_d - meander, v_d, rectum_center, rectum_axes, _wobble(rng, 2, 0.08))
     rectum = rectum_r < 1.0
     lumen = rectum_r < rng.uniform(0.45, 0.65)
     tissue[rectum] = _RECTAL_WALL
@@ -310,6 +354,21 @@ def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], sp
         gas = lumen & (w_d > gas_low) & (w_d < gas_high) & (v_d > rectum_y + gas_side)
         tissue[gas] = _GAS
 
+
+def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, ...]):
+    """Draws one random pelvis as a tissue map (and a bone texture in [0, 1]).
+
+    The anatomy is scaled to the field of view: in-plane coordinates `u` (left-right) and `v` (posterior-anterior) are
+    in units of half the smaller in-plane field of view, `w` (inferior-superior) in units of half the axial extent.
+    """
+    grid = _pelvis_grid(rng, shape, spacing)
+    tissue = np.full(grid.u_d.shape, _AIR, dtype=np.uint8)
+    _draw_body(rng, tissue, grid)
+    ring_center = _draw_pelvic_bones(rng, tissue, grid)
+    prostate_center, prostate_axes = _draw_bladder_and_prostate(rng, tissue, grid, ring_center)
+    _draw_rectum(rng, tissue, grid, prostate_center, prostate_axes)
+
+    u, v, w = grid.u, grid.v, grid.w
     bone_texture = 0.5 + 0.5 * _smooth_random_field(rng, (u, v, w), num_waves=12, max_frequency=6.0)
     bone_texture = np.broadcast_to(bone_texture, tissue.shape)
     coords = (u, v, w)

@@ -9,6 +9,7 @@ the real naming scheme `{age}_{gender}_{race}_{yyyymmddHHMMSSfff}.jpg` (and the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -106,20 +107,40 @@ class _Canvas:
         return (radius - 1.0) * np.minimum(width, half_height)
 
 
-def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size: int) -> np.ndarray:
-    """Draws one face as a uint8 RGB array [size, size, 3]."""
-    adult = float(np.clip((age - 2.0) / 16.0, 0.0, 1.0))  # 0 for toddlers, 1 from about 18 years
-    old = float(np.clip((age - 35.0) / 45.0, 0.0, 1.0))  # 0 up to 35 years, 1 from 80 years
-    female = gender == 1
+@dataclasses.dataclass(frozen=True)
+class _FaceSpec:
+    """Labels, colours and geometry of one drawn face (face coordinates, see `_Canvas`)."""
 
-    # Pose: rotation, scale and shift (the face coordinates of every pixel).
+    age: int
+    female: bool
+    adult: float  # 0 for toddlers, 1 from about 18 years
+    old: float  # 0 up to 35 years, 1 from 80 years
+    skin: np.ndarray
+    hair: np.ndarray
+    cx: float
+    cy: float
+    half_width: float
+    half_height: float
+    jaw_taper: float
+    hair_length: float
+    bald: bool
+
+
+def _posed_canvas(rng: np.random.Generator, size: int) -> _Canvas:
+    """A canvas with a random pose (rotation, scale and shift) and background colour."""
     angle = np.deg2rad(rng.normal(0.0, 7.0))
     scale = rng.uniform(0.9, 1.1)
     rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]]) / scale
     offset = rng.normal(0.0, 0.04, size=2)
     background = rng.uniform(0.15, 0.9, size=3).astype(np.float32)
-    canvas = _Canvas(size, background, rotation.astype(np.float32), offset.astype(np.float32))
+    return _Canvas(size, background, rotation.astype(np.float32), offset.astype(np.float32))
 
+
+def _sample_face_spec(rng: np.random.Generator, age: int, gender: int, race: int) -> _FaceSpec:
+    """Draws the colours and geometry of a face with the given labels."""
+    adult = float(np.clip((age - 2.0) / 16.0, 0.0, 1.0))
+    old = float(np.clip((age - 35.0) / 45.0, 0.0, 1.0))
+    female = gender == 1
     skin = np.clip(_SKIN[race] * rng.uniform(0.92, 1.08, size=3), 0, 1).astype(np.float32)
     skin = (1.0 - 0.3 * old) * skin + 0.3 * old * skin.mean()  # paler, lower contrast skin with age
     hair_base = _HAIR[rng.integers(len(_HAIR))] if race in (0, 4) else _HAIR[0]
@@ -134,7 +155,13 @@ def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size:
     jaw_taper = (0.45 if female else 0.12) + rng.normal(0.0, 0.04)
     hair_length = (rng.uniform(0.55, 1.0) if female else rng.uniform(0.0, 0.2)) * (0.6 + 0.4 * adult)
     bald = (not female) and rng.uniform() < 0.8 * old
+    return _FaceSpec(age, female, adult, old, skin, hair, cx, cy, half_width, half_height, jaw_taper, hair_length, bald)
 
+
+def _paint_head(canvas: _Canvas, rng: np.random.Generator, face: _FaceSpec) -> None:
+    """Paints long hair, shoulders, neck, ears, the face, the hair cap and (for some adult men) a beard."""
+    cx, cy, half_width, half_height = face.cx, face.cy, face.half_width, face.half_height
+    hair, skin, hair_length = face.hair, face.skin, face.hair_length
     # Long hair behind the head and shoulders.
     if hair_length > 0.3:
         bottom = cy + half_height * (0.2 + 1.6 * hair_length)
@@ -148,9 +175,9 @@ def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size:
     # Ears and face.
     for side in (-1.0, 1.0):
         canvas.paint(canvas.ellipse(cx + side * half_width * 0.97, cy, 0.08, 0.14), skin * 0.95)
-    canvas.paint(canvas.face(cx, cy, half_width, half_height, jaw_taper), skin)
+    canvas.paint(canvas.face(cx, cy, half_width, half_height, face.jaw_taper), skin)
     # Hair cap on top (thin or missing when bald).
-    if not bald:
+    if not face.bald:
         cap_top = cy - half_height * (1.0 + 0.12 * hair_length)
         cap = np.maximum(
             canvas.ellipse(cx, cy - half_height * 0.35, half_width * 1.05, half_height * 0.75),
@@ -158,38 +185,48 @@ def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size:
         )
         canvas.paint(np.minimum(cap, canvas.ellipse(cx, cap_top + half_height * 0.4, half_width * 0.9, 0.35)), hair)
     # Beard or stubble for some adult men.
-    if not female and age >= 18 and rng.uniform() < 0.35:
+    if not face.female and face.age >= 18 and rng.uniform() < 0.35:
         beard = np.maximum(
-            canvas.face(cx, cy, half_width, half_height, jaw_taper), -(canvas.y - cy - half_height * 0.3)
+            canvas.face(cx, cy, half_width, half_height, face.jaw_taper), -(canvas.y - cy - half_height * 0.3)
         )
         canvas.paint(beard, hair * 0.8, opacity=rng.uniform(0.4, 0.9))
-    # Eyes sit lower on children's faces; eyebrows thicker for men.
-    eye_y = cy + half_height * (0.1 - 0.22 * adult)
-    eye_dx = half_width * 0.42
-    eye_size = 0.075 * (1.25 - 0.25 * adult)
+
+
+def _paint_eyes(canvas: _Canvas, face: _FaceSpec) -> float:
+    """Paints eyes, eyebrows and crow's feet; returns the eyes' height. Eyes sit lower on children's faces;
+    eyebrows are thicker for men."""
+    cx, old = face.cx, face.old
+    eye_y = face.cy + face.half_height * (0.1 - 0.22 * face.adult)
+    eye_dx = face.half_width * 0.42
+    eye_size = 0.075 * (1.25 - 0.25 * face.adult)
     for side in (-1.0, 1.0):
         ex = cx + side * eye_dx
         canvas.paint(canvas.ellipse(ex, eye_y, eye_size * 1.4, eye_size * 0.8), np.array([0.95, 0.95, 0.95]))
         canvas.paint(canvas.ellipse(ex, eye_y, eye_size * 0.7, eye_size * 0.7), np.array([0.1, 0.07, 0.05]))
         brow_y = eye_y - eye_size * 1.8
         canvas.paint(
-            canvas.segment(ex - side * 0.04, brow_y, ex + side * 0.13, brow_y - 0.02, 0.05 if female else 0.07),
-            hair * 0.9 + 0.05,
+            canvas.segment(ex - side * 0.04, brow_y, ex + side * 0.13, brow_y - 0.02, 0.05 if face.female else 0.07),
+            face.hair * 0.9 + 0.05,
         )
         # Crow's feet.
         for k in range(int(4 * old)):
             dy = (k - 1) * 0.035
             canvas.paint(
                 canvas.segment(ex + side * 0.14, eye_y + dy, ex + side * 0.22, eye_y + dy * 1.8, 0.012),
-                skin * 0.55,
+                face.skin * 0.55,
                 opacity=0.5 + 0.5 * old,
             )
-    # Nose, nasolabial folds, mouth.
-    nose_y = cy + half_height * (0.3 - 0.05 * adult)
+    return eye_y
+
+
+def _paint_nose_mouth_and_wrinkles(canvas: _Canvas, rng: np.random.Generator, face: _FaceSpec, eye_y: float) -> None:
+    """Paints the nose, mouth, nasolabial folds (after 35) and forehead wrinkles (more and darker with age)."""
+    cx, cy, half_height, skin, old, age = face.cx, face.cy, face.half_height, face.skin, face.old, face.age
+    nose_y = cy + half_height * (0.3 - 0.05 * face.adult)
     canvas.paint(canvas.segment(cx, eye_y + 0.05, cx + 0.02, nose_y, 0.03), skin * 0.75)
-    mouth_y = cy + half_height * (0.52 - 0.04 * adult)
-    lips = np.array([0.75, 0.15, 0.2]) if female else skin * 0.6 + np.array([0.15, 0.0, 0.0])
-    canvas.paint(canvas.ellipse(cx, mouth_y, 0.14, 0.035 + 0.015 * female), lips)
+    mouth_y = cy + half_height * (0.52 - 0.04 * face.adult)
+    lips = np.array([0.75, 0.15, 0.2]) if face.female else skin * 0.6 + np.array([0.15, 0.0, 0.0])
+    canvas.paint(canvas.ellipse(cx, mouth_y, 0.14, 0.035 + 0.015 * face.female), lips)
     if age > 35:
         for side in (-1.0, 1.0):
             canvas.paint(
@@ -206,13 +243,25 @@ def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size:
             opacity=0.5 + 0.5 * old,
         )
 
-    # Lighting gradient, noise, quantisation.
+
+def _lit_noisy_pixels(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
+    """The canvas with a random lighting gradient and noise, quantised to uint8."""
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-12
     light = 1.0 + rng.uniform(0.05, 0.25) * (direction[0] * canvas.screen_x + direction[1] * canvas.screen_y)
     image = canvas.image * light[..., None] * rng.uniform(0.85, 1.1)
     image += rng.normal(0.0, 0.02, size=image.shape)
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _draw_face(rng: np.random.Generator, age: int, gender: int, race: int, size: int) -> np.ndarray:
+    """Draws one face as a uint8 RGB array [size, size, 3]."""
+    canvas = _posed_canvas(rng, size)
+    face = _sample_face_spec(rng, age, gender, race)
+    _paint_head(canvas, rng, face)
+    eye_y = _paint_eyes(canvas, face)
+    _paint_nose_mouth_and_wrinkles(canvas, rng, face, eye_y)
+    return _lit_noisy_pixels(canvas, rng)
 
 
 def _sample_age(rng: np.random.Generator) -> int:
@@ -232,6 +281,77 @@ def _timestamp(rng: np.random.Generator) -> str:
     start = datetime.datetime(2016, 12, 1)
     moment = start + datetime.timedelta(milliseconds=int(rng.integers(0, 60 * 24 * 3600 * 1000)))
     return moment.strftime("%Y%m%d%H%M%S") + f"{moment.microsecond // 1000:03d}"
+
+
+_MALFORMED_TEMPLATES = (
+    "{age}_{gender}_{stamp}.jpg.chip.jpg",  # race missing, as 39_1_20170116174525125.jpg.chip.jpg
+    "{age}_{gender}_{stamp}.jpg",  # race missing, as 61_1_20170109150557335.jpg
+    "{age}__{race}_{stamp}.jpg",  # empty gender field
+    "{age}_{gender}_{race}.jpg",  # date missing
+)
+
+
+def _check_utkface_arguments(
+    num_images: int, size: int, num_malformed: int, aligned_fraction: float
+) -> tuple[int, int]:
+    """Validates `make_utkface_folder`'s counts and sizes; returns the checked `(num_images, size)`."""
+    function = "make_utkface_folder"
+    num_images = _check_positive_int(num_images, "num_images", function)
+    size = _check_positive_int(size, "size", function)
+    if size < 16:
+        raise ValueError(f"{function}: `size` must be at least 16 pixels, received {size}.")
+    if isinstance(num_malformed, bool) or not isinstance(num_malformed, (int, np.integer)) or num_malformed < 0:
+        raise ValueError(f"{function}: `num_malformed` must be a non-negative integer, received {num_malformed!r}.")
+    if not 0.0 <= float(aligned_fraction) <= 1.0:
+        raise ValueError(f"{function}: `aligned_fraction` must be in [0, 1], received {aligned_fraction!r}.")
+    return num_images, size
+
+
+def _unique_timestamp(rng: np.random.Generator, used: set[str]) -> str:
+    """A `_timestamp` not in `used` (which it joins)."""
+    while True:
+        stamp = _timestamp(rng)
+        if stamp not in used:
+            used.add(stamp)
+            return stamp
+
+
+def _write_face(folder: Path, name: str, rng: np.random.Generator, age: int, gender: int, race: int, size: int) -> str:
+    """Draws a face and writes it as JPEG (quality 90) to `folder / name`; returns the path as a string."""
+    pixels = _draw_face(rng, age, gender, race, size)
+    path = folder / name
+    path.write_bytes(tf.io.encode_jpeg(pixels, quality=90).numpy())
+    return str(path)
+
+
+def _write_valid_faces(
+    folder: Path, rng: np.random.Generator, used: set[str], num_images: int, size: int, aligned_fraction: float
+) -> list[str]:
+    """Writes `num_images` faces with valid UTKFace names; returns their paths."""
+    files = []
+    for _ in range(num_images):
+        age, gender = _sample_age(rng), int(rng.integers(2))
+        race = int(rng.choice(len(UTKFACE_RACES), p=[0.42, 0.19, 0.15, 0.17, 0.07]))
+        suffix = ".jpg.chip.jpg" if rng.uniform() < aligned_fraction else ".jpg"
+        name = f"{age}_{gender}_{race}_{_unique_timestamp(rng, used)}{suffix}"
+        files.append(_write_face(folder, name, rng, age, gender, race, size))
+    return files
+
+
+def _write_malformed_faces(
+    folder: Path, rng: np.random.Generator, used: set[str], num_malformed: int, size: int
+) -> list[str]:
+    """Writes `num_malformed` faces whose names follow `_MALFORMED_TEMPLATES` in turn; returns their paths."""
+    files = []
+    for k in range(int(num_malformed)):
+        age, gender, race = _sample_age(rng), int(rng.integers(2)), int(rng.integers(5))
+        name = _MALFORMED_TEMPLATES[k % len(_MALFORMED_TEMPLATES)].format(
+            age=age, gender=gender, race=race, stamp=_unique_timestamp(rng, used)
+        )
+        if (folder / name).exists():  # "{age}_{gender}_{race}.jpg" may repeat; keep names unique
+            name = name.replace(".jpg", f"_{k}x.jpg", 1)
+        files.append(_write_face(folder, name, rng, age, gender, race, size))
+    return files
 
 
 def make_utkface_folder(
@@ -280,50 +400,10 @@ def make_utkface_folder(
     ages = [parse_utkface_name(f) for f in summary["files"]]  # None for the malformed ones
     ```
     """
-    function = "make_utkface_folder"
-    num_images = _check_positive_int(num_images, "num_images", function)
-    size = _check_positive_int(size, "size", function)
-    if size < 16:
-        raise ValueError(f"{function}: `size` must be at least 16 pixels, received {size}.")
-    if isinstance(num_malformed, bool) or not isinstance(num_malformed, (int, np.integer)) or num_malformed < 0:
-        raise ValueError(f"{function}: `num_malformed` must be a non-negative integer, received {num_malformed!r}.")
-    if not 0.0 <= float(aligned_fraction) <= 1.0:
-        raise ValueError(f"{function}: `aligned_fraction` must be in [0, 1], received {aligned_fraction!r}.")
+    num_images, size = _check_utkface_arguments(num_images, size, num_malformed, aligned_fraction)
     folder = _prepare_output_dir(out_dir, overwrite, ("*.jpg",))
     rng = np.random.default_rng(int(seed))
     used: set[str] = set()
-
-    def unique_timestamp() -> str:
-        while True:
-            stamp = _timestamp(rng)
-            if stamp not in used:
-                used.add(stamp)
-                return stamp
-
-    def write(name: str, age: int, gender: int, race: int) -> str:
-        pixels = _draw_face(rng, age, gender, race, size)
-        path = folder / name
-        path.write_bytes(tf.io.encode_jpeg(pixels, quality=90).numpy())
-        return str(path)
-
-    files = []
-    for _ in range(num_images):
-        age, gender = _sample_age(rng), int(rng.integers(2))
-        race = int(rng.choice(len(UTKFACE_RACES), p=[0.42, 0.19, 0.15, 0.17, 0.07]))
-        suffix = ".jpg.chip.jpg" if rng.uniform() < aligned_fraction else ".jpg"
-        files.append(write(f"{age}_{gender}_{race}_{unique_timestamp()}{suffix}", age, gender, race))
-    malformed_templates = (
-        "{age}_{gender}_{stamp}.jpg.chip.jpg",  # race missing, as 39_1_20170116174525125.jpg.chip.jpg
-        "{age}_{gender}_{stamp}.jpg",  # race missing, as 61_1_20170109150557335.jpg
-        "{age}__{race}_{stamp}.jpg",  # empty gender field
-        "{age}_{gender}_{race}.jpg",  # date missing
-    )
-    for k in range(int(num_malformed)):
-        age, gender, race = _sample_age(rng), int(rng.integers(2)), int(rng.integers(5))
-        name = malformed_templates[k % len(malformed_templates)].format(
-            age=age, gender=gender, race=race, stamp=unique_timestamp()
-        )
-        if (folder / name).exists():  # "{age}_{gender}_{race}.jpg" may repeat; keep names unique
-            name = name.replace(".jpg", f"_{k}x.jpg", 1)
-        files.append(write(name, age, gender, race))
+    files = _write_valid_faces(folder, rng, used, num_images, size, aligned_fraction)
+    files += _write_malformed_faces(folder, rng, used, num_malformed, size)
     return {"num_valid": num_images, "num_malformed": int(num_malformed), "files": files}

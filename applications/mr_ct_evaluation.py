@@ -1,0 +1,258 @@
+"""Evaluation of the mr_ct application: the inferred volumes against the reference CT and labels.
+
+Per subject of `save_seg_dir/inferred.csv` (first regression task = CT, first segmentation task = labels): `psnr`,
+`mae`, `psnr_bone`, `mae_bone`, `mae_<organ>`, `dice_<organ>`, `dice_mean` (see
+`sfg_keras.evaluation.evaluate_ct_and_labels`), the trivial references `reference_mean_ct_mae` (predicting the mean
+training CT everywhere) and `reference_background_dice_mean` (predicting background everywhere), and
+`<task>_mae` / `<task>_dice_mean` for further tasks. `[EVALUATION] evaluations`, when given, keeps only the listed
+columns.
+
+Example:
+
+```python
+paths = evaluate(app, app.training_statistics())  # [mr_ct_metrics.csv, mr_ct_metrics_summary.csv]
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sfg_keras.config import TaskSpec
+from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr, write_metrics_csv
+from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
+
+if TYPE_CHECKING:
+    from .mr_ct import MRCTApplication
+
+INFERRED_FILE = "inferred.csv"
+METRICS_FILE = "mr_ct_metrics.csv"
+
+
+def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> list[dict[str, str]]:
+    """The rows of `inferred.csv`, each with a file for every task.
+
+    Raises:
+        FileNotFoundError: the file does not exist (with the inference command).
+        ValueError: a row lacks a task's file (naming the file, the line and the subject).
+
+    Example:
+
+    ```python
+    rows = read_inferred(Path("model/output/inferred.csv"), ["ct", "organs"], "configs/demo_mr_ct.ini")
+    ```
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run inference first (sfg_run inference -c {config_path}).")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        missing = [key for key in task_names if not row.get(key)]
+        if missing:
+            raise ValueError(
+                f"{path}, line {number}: subject {row.get('subject')!r} has no {missing} column value; expected "
+                f"the columns subject, {', '.join(task_names)} written by inference."
+            )
+    return rows
+
+
+def _labels(volume: np.ndarray) -> np.ndarray:
+    return np.round(volume).astype(np.int64)
+
+
+class _Subject:
+    """The reference volumes of one subject and its predictions, loaded on demand with a shape check."""
+
+    def __init__(self, subject: str, predicted: Mapping[str, str], references: Mapping[str, str]):
+        self.subject = subject
+        self.predicted = predicted
+        self.references: dict[str, NiftiVolume] = {name: load_nifti(path) for name, path in references.items()}
+        check_same_geometry(self.references, subject)
+
+    def reference(self, task: TaskSpec) -> np.ndarray:
+        return self.references[task.label].data
+
+    def prediction(self, task: TaskSpec) -> np.ndarray:
+        volume = load_nifti(self.predicted[task.name])
+        reference = self.references[task.label]
+        if volume.spatial_shape != reference.spatial_shape:
+            raise ValueError(
+                f"Subject '{self.subject}': prediction {volume.path} has shape {volume.spatial_shape} but the "
+                f"reference [{task.label}] {reference.path} has {reference.spatial_shape}."
+            )
+        return volume.data
+
+
+def _main_metrics(data: _Subject, ct_task, organ_task, label_names: dict[int, str], bone_label: int) -> dict:
+    """PSNR / MAE of the CT task and Dice of the label task (both: also bone and per-organ CT metrics)."""
+    foreground = [label for label in label_names if label != 0]
+    if ct_task is not None and organ_task is not None:
+        return evaluate_ct_and_labels(
+            data.prediction(ct_task), data.reference(ct_task), _labels(data.prediction(organ_task)),
+            _labels(data.reference(organ_task)), label_names, bone_label=bone_label,
+        )
+    if ct_task is not None:
+        ct_ref, ct_pred = data.reference(ct_task), data.prediction(ct_task)
+        data_range = float(ct_ref.max() - ct_ref.min()) or 1.0
+        return {"psnr": psnr(ct_pred, ct_ref, data_range), "mae": mae(ct_pred, ct_ref)}
+    if organ_task is not None:
+        dice = dice_per_label(np.round(data.prediction(organ_task)), _labels(data.reference(organ_task)), foreground)
+        row = {f"dice_{label_names[label]}": value for label, value in dice.items()}
+        row["dice_mean"] = float(np.mean(list(dice.values())))
+        return row
+    return {}
+
+
+def _reference_metrics(data: _Subject, ct_task, organ_task, label_names: dict[int, str], statistics: Mapping):
+    """The trivial references: the mean training CT everywhere, background everywhere."""
+    row = {}
+    if ct_task is not None:
+        key = f"{ct_task.name}_mean_hu"
+        if key not in statistics:
+            raise ValueError(
+                f"The training statistics have no {key!r} (keys: {sorted(statistics)}); expected them written by "
+                "training with the same [MULTITASK] tasks."
+            )
+        ct_ref = data.reference(ct_task)
+        row["reference_mean_ct_mae"] = mae(np.full(ct_ref.shape, float(statistics[key])), ct_ref)
+    if organ_task is not None:
+        labels_ref = _labels(data.reference(organ_task))
+        foreground = [label for label in label_names if label != 0]
+        background = dice_per_label(np.zeros_like(labels_ref), labels_ref, foreground)
+        row["reference_background_dice_mean"] = float(np.mean(list(background.values())))
+    return row
+
+
+def evaluate_subject(
+    app: MRCTApplication, subject: str, predicted: Mapping[str, str], references: Mapping[str, str],
+    statistics: Mapping,
+) -> dict[str, object]:
+    """The metrics of one subject (see the module docstring).
+
+    Args:
+        app: the application (its tasks and `[MR_CT]` label names and bone label).
+        subject: the subject id.
+        predicted: `{task: file}` (a row of `inferred.csv`).
+        references: `{section: file}` of the reference sections.
+        statistics: the training statistics (`MRCTApplication.training_statistics()`).
+
+    Example:
+
+    ```python
+    row = evaluate_subject(app, "subj_004", {"ct": "ct_subj_004.nii.gz", ...}, {"CT": ..., "LABEL": ...}, stats)
+    ```
+    """
+    data = _Subject(subject, predicted, references)
+    regression, segmentation = app.regression_tasks, app.segmentation_tasks
+    ct_task = regression[0] if regression else None
+    organ_task = segmentation[0] if segmentation else None
+    label_names = dict(enumerate(app.app_settings.label_names))
+    row: dict[str, object] = {"subject": subject}
+    row.update(_main_metrics(data, ct_task, organ_task, label_names, int(app.app_settings.bone_label)))
+    row.update(_reference_metrics(data, ct_task, organ_task, label_names, statistics))
+    for task in regression[1:]:
+        row[f"{task.name}_mae"] = mae(data.prediction(task), data.reference(task))
+    for task in segmentation[1:]:
+        dice = dice_per_label(np.round(data.prediction(task)), _labels(data.reference(task)),
+                              range(1, int(task.num_classes)))
+        row[f"{task.name}_dice_mean"] = float(np.mean(list(dice.values())))
+    return row
+
+
+def select_metrics(app: MRCTApplication, rows: list[dict]) -> list[dict]:
+    """Keeps the `[EVALUATION] evaluations` columns (all when empty).
+
+    Raises:
+        ConfigError: an unknown metric name (naming the config, section, key and the available names).
+    """
+    evaluations = app.settings.evaluation.evaluations
+    wanted = list(evaluations)
+    if not wanted:
+        return rows
+    available = list(dict.fromkeys(key for row in rows for key in row if key != "subject"))
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise app.config_error(
+            "EVALUATION", "evaluations", evaluations,
+            f"unknown metrics {unknown}; expected names among: {', '.join(available)}",
+        )
+    return [{"subject": row["subject"], **{k: row[k] for k in wanted if k in row}} for row in rows]
+
+
+def _mean(rows: Sequence[Mapping], key: str) -> float:
+    values = [float(row[key]) for row in rows if key in row and not math.isnan(float(row[key]))]
+    return float(np.mean(values)) if values else math.nan
+
+
+def summary_text(rows: Sequence[Mapping]) -> str:
+    """A table of the main metrics' means next to their trivial references.
+
+    Example:
+
+    ```python
+    print(summary_text([{"subject": "s", "mae": 80.0, "reference_mean_ct_mae": 300.0}]))
+    ```
+    """
+    lines = [
+        f"mr_ct evaluation of {len(rows)} subjects (mean over subjects)",
+        f"{'metric':<22}{'model':>12}{'reference':>12}",
+    ]
+    pairs = [
+        ("CT MAE (HU)", "mae", "reference_mean_ct_mae"),
+        ("CT MAE bone (HU)", "mae_bone", None),
+        ("CT PSNR (dB)", "psnr", None),
+        ("Dice mean", "dice_mean", "reference_background_dice_mean"),
+    ]
+    for title, key, reference in pairs:
+        if not any(key in row for row in rows):
+            continue
+        ref_text = f"{_mean(rows, reference):>12.4g}" if reference else f"{'':>12}"
+        lines.append(f"{title:<22}{_mean(rows, key):>12.4g}{ref_text}")
+    return "\n".join(lines)
+
+
+def evaluate(app: MRCTApplication, statistics: Mapping) -> list[Path]:
+    """Per-subject metrics of the inferred volumes against the references, and their summary.
+
+    Args:
+        app: the application (after `prepare(fit=False)`).
+        statistics: the training statistics.
+
+    Returns:
+        `[save_csv_dir/mr_ct_metrics.csv, save_csv_dir/mr_ct_metrics_summary.csv]`.
+
+    Raises:
+        FileNotFoundError: no `inferred.csv` (run inference first).
+        ValueError: an inferred subject without reference volumes, or a prediction of another shape.
+
+    Example:
+
+    ```python
+    metrics_csv, summary_csv = evaluate(app, app.training_statistics())
+    ```
+    """
+    inferred_path = app.output_dir / INFERRED_FILE
+    inferred = read_inferred(inferred_path, [task.name for task in app.tasks], app.settings.config_path)
+    sections = app.reference_sections
+    references = {str(row["subject"]): row for row in app.match_files(sections)}
+    rows = []
+    for entry in inferred:
+        subject = entry["subject"]
+        if subject not in references:
+            raise ValueError(
+                f"Subject '{subject}' of {inferred_path} has no reference in "
+                f"{', '.join(f'[{name}]' for name in sections)}; expected every inferred subject to have its "
+                "reference volumes."
+            )
+        paths = {name: references[subject][name] for name in sections}
+        rows.append(evaluate_subject(app, subject, entry, paths, statistics))
+    rows = select_metrics(app, rows)
+    written = write_metrics_csv(rows, app.evaluation_dir / METRICS_FILE)
+    print(summary_text(rows))
+    return list(written)

@@ -1,0 +1,183 @@
+"""Per-image prediction and metric tables of the age_gender application, without TensorFlow.
+
+`inferred.csv` has one row per image: `subject`; per regression task `<task>_mean` and `<task>_std` in the original
+unit; per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy` (nats). The metric
+rows compare it with the labels, next to trivial baselines (the training mean, the training majority class).
+
+Example:
+
+```python
+names, columns = prediction_columns(age_task, {"mean": mean, "std": std}, len(subjects), scale=100.0)
+write_table("output/inferred.csv", ["subject", *names], [format_row(s, names, columns, i) for i, s in ...])
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sfg_keras.config import TaskSpec
+from sfg_keras.io.atomic import atomic_path
+
+
+def prediction_columns(
+    task: TaskSpec, predictions: dict, count: int, scale: float = 1.0
+) -> tuple[list[str], list[np.ndarray]]:
+    """The `inferred.csv` columns of one task from its predictions (`sfg_keras.groups.PREDICTION_KEYS` schema).
+
+    Args:
+        task: the task.
+        predictions: regression `{"mean", "std"}` (`std` may be absent: zeros), classification
+            `{"probabilities", "label", "entropy"}`; one entry per image along the first axis.
+        count: number of images.
+        scale: regression values are multiplied by it (the network unit to the original unit).
+
+    Returns:
+        `(names, columns)`: the column names and one array of `count` values per name.
+
+    Raises:
+        KeyError: a key of the schema is missing.
+        ValueError: the arrays do not hold `count` images.
+
+    Example:
+
+    ```python
+    prediction_columns(age, {"mean": np.array([[0.3]]), "std": np.array([[0.01]])}, 1, scale=100.0)
+    # (['age_mean', 'age_std'], [array([30.]), array([1.])])
+    ```
+    """
+    values = {key: np.asarray(value) for key, value in predictions.items()}
+    if task.type == "regression":
+        mean = values["mean"].reshape(count, -1)[:, 0].astype(np.float64)
+        std = values["std"].reshape(count, -1)[:, 0].astype(np.float64) if "std" in values else np.zeros(count)
+        return [f"{task.name}_mean", f"{task.name}_std"], [mean * scale, std * scale]
+    probabilities = values["probabilities"].reshape(count, -1).astype(np.float64)
+    names = [f"{task.name}_mode", *(f"{task.name}_prob_{c}" for c in range(probabilities.shape[1])),
+             f"{task.name}_entropy"]
+    return names, [values["label"].reshape(count), *probabilities.T, values["entropy"].reshape(count)]
+
+
+def format_row(subject: str, names: Sequence[str], columns: Sequence[np.ndarray], row: int) -> list[str]:
+    """The cells of one image: the subject, then `<task>_mode` as an integer and other values with 6 significant
+    digits (empty for NaN).
+
+    Example:
+
+    ```python
+    format_row("a.png", ["age_mean", "gender_mode"], [np.array([31.25]), np.array([1])], 0)  # ['a.png', '31.25', '1']
+    ```
+    """
+    cells = [subject]
+    for name, column in zip(names, columns):
+        value = column[row]
+        if name.endswith("_mode"):
+            cells.append(str(int(value)))
+        else:
+            cells.append("" if not np.isfinite(value) else f"{float(value):.6g}")
+    return cells
+
+
+def write_table(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """Writes a CSV atomically (a reader sees the old file or the complete new one) and returns its path."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
+
+
+def read_inferred(path: Path, tasks: Sequence[TaskSpec], command: str) -> list[dict[str, str]]:
+    """The rows of `inferred.csv`, checked to have a column for every task.
+
+    Args:
+        path: the file.
+        tasks: the tasks (regression needs `<task>_mean`, classification `<task>_mode`).
+        command: the command that writes it, for the message when it is missing.
+
+    Raises:
+        FileNotFoundError: no such file (naming the command to run).
+        ValueError: a task's column is missing.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found ([INFERENCE] save_seg_dir): run inference first ({command})")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for task in tasks:
+            column = f"{task.name}_mean" if task.type == "regression" else f"{task.name}_mode"
+            if column not in header:
+                raise ValueError(
+                    f"{path}: no column {column!r} for task {task.name!r}; columns {header}. Run inference "
+                    "again with the current [MULTITASK] tasks"
+                )
+        return list(reader)
+
+
+def regression_metrics(
+    task: TaskSpec, rows: list[dict], truth: np.ndarray, training_truth: np.ndarray, metric_rows: list[dict],
+    unit: str = "",
+) -> str:
+    """Fills `<task>_true`, `_predicted`, `_abs_error` and `_baseline_abs_error` (predicting the training mean) of
+    `metric_rows` from `inferred.csv` rows; returns the summary line.
+
+    Example:
+
+    ```python
+    regression_metrics(age, rows, truth, training_truth, metric_rows, " years")
+    # 'age: MAE 7.412 years over 9 images (predicting the training mean 33.1 years: 15.2 years)'
+    ```
+    """
+    baseline = float(np.nanmean(training_truth)) if np.isfinite(training_truth).any() else math.nan
+    errors, baseline_errors = [], []
+    for metric_row, row, value in zip(metric_rows, rows, truth):
+        predicted = float(row[f"{task.name}_mean"]) if row[f"{task.name}_mean"] else math.nan
+        metric_row[f"{task.name}_true"] = float(value)
+        metric_row[f"{task.name}_predicted"] = predicted
+        metric_row[f"{task.name}_abs_error"] = abs(predicted - value)
+        metric_row[f"{task.name}_baseline_abs_error"] = abs(baseline - value)
+        if np.isfinite(value):
+            errors.append(abs(predicted - value))
+            baseline_errors.append(abs(baseline - value))
+    return (
+        f"{task.name}: MAE {np.mean(errors) if errors else math.nan:.3f}{unit} over {len(errors)} images "
+        f"(predicting the training mean {baseline:.3f}{unit}: "
+        f"{np.mean(baseline_errors) if baseline_errors else math.nan:.3f}{unit})"
+    )
+
+
+def classification_metrics(
+    task: TaskSpec, rows: list[dict], truth: np.ndarray, training_truth: np.ndarray, metric_rows: list[dict]
+) -> str:
+    """Fills `<task>_true`, `_predicted`, `_correct` and `_baseline_correct` (predicting the training majority
+    class) of `metric_rows` from `inferred.csv` rows; returns the summary line. Missing labels (-1) leave NaN.
+
+    Example:
+
+    ```python
+    classification_metrics(gender, rows, truth, training_truth, metric_rows)
+    # 'gender: accuracy 0.778 over 9 images (predicting the training majority class 1: 0.556)'
+    ```
+    """
+    valid = training_truth[training_truth >= 0]
+    majority = int(np.bincount(valid).argmax()) if valid.size else -1
+    correct, baseline_correct = [], []
+    for metric_row, row, value in zip(metric_rows, rows, truth):
+        predicted = int(row[f"{task.name}_mode"])
+        metric_row[f"{task.name}_true"] = int(value) if value >= 0 else math.nan
+        metric_row[f"{task.name}_predicted"] = predicted
+        metric_row[f"{task.name}_correct"] = float(predicted == value) if value >= 0 else math.nan
+        metric_row[f"{task.name}_baseline_correct"] = float(majority == value) if value >= 0 else math.nan
+        if value >= 0:
+            correct.append(predicted == value)
+            baseline_correct.append(majority == value)
+    return (
+        f"{task.name}: accuracy {np.mean(correct) if correct else math.nan:.3f} over {len(correct)} "
+        f"images (predicting the training majority class {majority}: "
+        f"{np.mean(baseline_correct) if baseline_correct else math.nan:.3f})"
+    )

@@ -1,0 +1,413 @@
+"""`Driver`: the sfg_run engine. Everything an action does that does not depend on the data.
+
+The driver owns runtime setup (seed, threads, devices, mixed precision), the distribution strategy, building the
+network from one `NetworkOptions`, compiling, the training loop as ONE `model.fit` over `max_iter` optimizer steps
+(validation, checkpoints, TensorBoard and grouping logs are callbacks), resumption, the `model_dir` lock, inference
+dispatch, export and analysis. The application (`BaseApplication`) supplies data and writes outputs through hooks.
+
+Runs you can trust:
+
+* A resumed run equals the uninterrupted one: the checkpoint holds the weights, the optimizer state and the SFG
+  layers' seed-generator states, and the data pipeline restarts at the checkpoint's batch (`training_dataset(k)`).
+* A resume applies changed learning rate, optimiser, `max_iter`, schedule and logging settings, logged, and refuses
+  any other change naming the keys (`sfg_keras.engine.run_record`).
+* `model_dir` is locked while training (`ModelDirLock`).
+* A refused or failed start writes nothing: checks run before the first write, and files created while the run was
+  being set up are removed if setting up fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from sfg_keras.config import ConfigError, write_settings
+from sfg_keras.engine.application import BaseApplication
+from sfg_keras.engine.lock import ModelDirLock
+from sfg_keras.engine.run_record import check_resume, read_record, write_record
+from sfg_keras.io.atomic import atomic_write_json
+from sfg_keras.layers import BatchStatisticsNormalization
+from sfg_keras.losses import get_loss
+from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
+from sfg_keras.models import ARCHITECTURES, NetworkOptions, SFGNetwork, TaskHead, build_network
+from sfg_keras.training.checkpoints import PeriodicCheckpoint, find_checkpoint
+
+OPTIMIZERS = {
+    "adam": lambda lr: keras.optimizers.Adam(lr),
+    "adamw": lambda lr: keras.optimizers.AdamW(lr),
+    "sgd": lambda lr: keras.optimizers.SGD(lr),
+    "momentum": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+    "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
+}
+
+
+def _optimizer_name(optimizer: keras.optimizers.Optimizer) -> str:
+    name = type(optimizer).__name__.lower()
+    if name == "sgd" and float(getattr(optimizer, "momentum", 0.0) or 0.0) > 0:
+        return "momentum"
+    return name
+
+
+def _import_dotted(path: str, what: str):
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(
+            f"{what} = {path!r}: expected one of {sorted(ARCHITECTURES)} or a dotted path 'package.module.builder'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"{what} = {path!r}: cannot import module {module_name!r} ({error}).") from error
+    if not hasattr(module, attribute):
+        raise ConfigError(f"{what} = {path!r}: module {module_name!r} has no attribute {attribute!r}.")
+    return getattr(module, attribute)
+
+
+@contextlib.contextmanager
+def _remove_created_on_failure(folders: list[Path], files: list[Path]):
+    """Removes the files and folders created inside the block (under `folders`, or in `files`) if it raises;
+    never touches what existed before it."""
+    def snapshot():
+        found = {path for path in files if path.exists()}
+        for folder in folders:
+            if folder.is_dir():
+                found.update(folder.rglob("*"))
+                found.add(folder)
+        return found
+
+    before = snapshot()
+    try:
+        yield
+    except BaseException:
+        created = snapshot() - before
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
+class Driver:
+    """Runs the sfg_run actions of one application.
+
+    Args:
+        application: the application instance (its `settings` decide everything).
+
+    Example:
+
+    ```python
+    settings = load_settings("configs/demo_mr_ct.ini", action="train",
+                             extra_sections=MRCTApplication.APP_SECTIONS)
+    Driver(MRCTApplication(settings)).train()
+    ```
+    """
+
+    def __init__(self, application: BaseApplication):
+        self.application = application
+        self.settings = application.settings
+        self.tasks = application.tasks
+        self.model_dir = Path(self.settings.system.model_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.model_dir / "models"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.model_dir / "logs"
+
+    def run(self, action: str):
+        """Runs `action` (`train`, `inference`, `evaluation`, `export` or `analyse`) and returns its result."""
+        actions = {"train": self.train, "inference": self.inference, "evaluation": self.evaluation,
+                   "export": self.export, "analyse": self.analyse}
+        if action not in actions:
+            raise ValueError(f"`action` must be one of {sorted(actions)}. Received: action={action!r}")
+        return actions[action]()
+
+    # === Runtime ===
+
+    def configure_runtime(self) -> None:
+        """Applies `[SYSTEM]` runtime settings: seed, threads, visible GPUs, mixed precision."""
+        system = self.settings.system
+        keras.utils.set_random_seed(int(system.seed))
+        if system.num_threads > 0:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(system.num_threads)
+                tf.config.threading.set_inter_op_parallelism_threads(system.num_threads)
+            except RuntimeError:
+                pass  # already initialised in this process; the setting only applies before the first op
+        if system.cuda_devices:
+            wanted = {int(i) for i in str(system.cuda_devices).split(",") if i.strip()}
+            gpus = tf.config.list_physical_devices("GPU")
+            try:
+                tf.config.set_visible_devices([g for i, g in enumerate(gpus) if i in wanted], "GPU")
+            except RuntimeError:
+                pass  # devices already initialised in this process: CUDA_VISIBLE_DEVICES must be set before start
+        policy = system.mixed_precision
+        keras.config.set_dtype_policy("float32" if policy == "none" else policy)
+
+    def strategy(self) -> tf.distribute.Strategy:
+        """The `[SYSTEM] distribute` strategy."""
+        mode = self.settings.system.distribute
+        if mode == "mirrored":
+            return tf.distribute.MirroredStrategy()
+        if mode == "multi_worker":
+            raise ConfigError(
+                f"{self.settings.config_path}: [SYSTEM] distribute = multi_worker: Keras 3.15's model.fit fails under "
+                "MultiWorkerMirroredStrategy (keras-team/keras#20329); use 'mirrored' on one machine."
+            )
+        return tf.distribute.get_strategy()
+
+    # === Model ===
+
+    def build_model(self) -> SFGNetwork:
+        """The network of `[NETWORK] name` for the `[MULTITASK]` tasks, configured by `NetworkOptions`."""
+        name = self.settings.network.name
+        builder = ARCHITECTURES.get(name) or _import_dotted(name, "[NETWORK] name")
+        heads = [TaskHead(task.name, task.type, int(task.num_classes)) for task in self.tasks]
+        return build_network(builder, heads, NetworkOptions.from_settings(self.settings),
+                             self.application.input_shape())
+
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        """A new `[TRAINING] optimiser` with learning rate `lr`."""
+        training = self.settings.training
+        return OPTIMIZERS[training.optimiser](training.lr)
+
+    def task_metrics(self, task) -> list:
+        """The metrics logged for one task: MAE (in the application's unit), accuracy, mean Dice."""
+        if task.type == "regression":
+            return [MaskedMeanAbsoluteError(scale=self.application.regression_scale(task), name="mae")]
+        if task.type == "classification":
+            return [MaskedAccuracy(name="accuracy")]
+        return [MeanDice(int(task.num_classes), name="dice"), MaskedAccuracy(name="accuracy")]
+
+    def compile_model(self, model: SFGNetwork, optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        """Compiles with the `[MULTITASK]` losses and weights, the task metrics and `optimizer` (a new one when
+        None)."""
+        model.compile(
+            optimizer=optimizer or self.optimizer(),
+            loss={task.name: get_loss(task.loss) for task in self.tasks},
+            loss_weights={task.name: float(task.weight) for task in self.tasks},
+            metrics={task.name: self.task_metrics(task) for task in self.tasks},
+            jit_compile=bool(self.settings.system.jit_compile),
+            steps_per_execution=int(self.settings.training.steps_per_execution),
+        )
+
+    def load_checkpoint(self, step: int = -1) -> tuple[SFGNetwork, int]:
+        """Loads the checkpoint of `step` (-1: latest) with its optimizer; returns the model and its iteration."""
+        path = find_checkpoint(self.checkpoint_dir, step)
+        if path is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {self.checkpoint_dir}: train first (sfg_run train -c {self.settings.config_path})."
+            )
+        model = keras.models.load_model(path)
+        iteration = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else int(path.stem[6:])
+        # `[NETWORK] batch_norm` decides the inference statistics of this run, whatever the checkpoint was built with.
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, BatchStatisticsNormalization):
+                layer.inference_statistics = self.settings.network.batch_norm
+        return model, iteration
+
+    def _resume(self, model: SFGNetwork, applied: list[tuple]) -> None:
+        """Applies the current optimiser, learning rate, schedule and compile settings to a loaded model."""
+        for section, key, old, new in applied:
+            print(f"[sfg_run] resume: [{section}] {key} changed from {old!r} to {new!r}; applied.")
+        training = self.settings.training
+        optimizer = model.optimizer
+        if optimizer is None or _optimizer_name(optimizer) != training.optimiser:
+            previous = _optimizer_name(optimizer) if optimizer is not None else "none"
+            print(f"[sfg_run] resume: optimiser {previous} -> {training.optimiser} (a new optimizer state; the step "
+                  "count continues).")
+            iterations = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+            optimizer = self.optimizer()
+            optimizer.build(model.trainable_variables)
+            optimizer.iterations.assign(iterations)
+        elif not math.isclose(float(optimizer.learning_rate.numpy()), float(training.lr), rel_tol=1e-6):
+            print(f"[sfg_run] resume: learning rate {float(optimizer.learning_rate.numpy()):g} -> {training.lr:g}.")
+            optimizer.learning_rate.assign(float(training.lr))
+        model.temperature_schedule = NetworkOptions.from_settings(self.settings).temperature_schedule
+        self.compile_model(model, optimizer)
+
+    # === Training ===
+
+    def train(self) -> SFGNetwork:
+        """Trains to `[TRAINING] max_iter` optimizer steps with one `fit` (validation, checkpoints, TensorBoard).
+
+        `starting_iter = -1` resumes from the latest checkpoint if there is one; `starting_iter = N` from the
+        checkpoint of iteration N; `starting_iter = 0` starts afresh and refuses to overwrite existing checkpoints.
+        """
+        self.configure_runtime()
+        training = self.settings.training
+        if self.model_dir.exists() and not self.model_dir.is_dir():
+            raise NotADirectoryError(f"[SYSTEM] model_dir {self.model_dir} is a file; expected a folder.")
+        existing = find_checkpoint(self.checkpoint_dir, -1)
+        if training.starting_iter == 0 and existing is not None:
+            raise FileExistsError(
+                f"{self.checkpoint_dir} already holds checkpoints (latest {existing.name}). Resume with "
+                "--starting_iter=-1, or choose another [SYSTEM] model_dir."
+            )
+        resume_from = None
+        if existing is not None and training.starting_iter != 0:
+            resume_from = find_checkpoint(self.checkpoint_dir, int(training.starting_iter))
+        elif training.starting_iter > 0:
+            find_checkpoint(self.checkpoint_dir, int(training.starting_iter))  # raises, listing what exists
+        applied = check_resume(read_record(self.model_dir), self.settings, resume_from) if resume_from else []
+        with ModelDirLock(self.model_dir, action="train"):
+            with _remove_created_on_failure([self.model_dir], [Path(self.settings.system.dataset_split_file)]):
+                model, start = self._set_up_training(resume_from, applied)
+            return self._fit(model, start)
+
+    def _set_up_training(self, resume_from: Path | None, applied: list[tuple]) -> tuple[SFGNetwork, int]:
+        self.application.prepare(fit=resume_from is None)
+        with self.strategy().scope():
+            if resume_from is None:
+                model, start = self.build_model(), 0
+                self.compile_model(model)
+            else:
+                model, start = self.load_checkpoint(int(resume_from.stem[6:]))
+                self._resume(model, applied)
+        write_settings(self.settings)
+        write_record(self.settings, self.model_dir)
+        self.write_run_info(model)
+        return model, start
+
+    def training_callbacks(self, model: SFGNetwork, validation) -> list[keras.callbacks.Callback]:
+        """Checkpoints, the run monitor (progress, scalars, validation) and the grouping logger."""
+        from sfg_keras.training.grouping_logger import GroupingLogger
+        from sfg_keras.training.monitor import TrainingMonitor
+
+        training = self.settings.training
+        summaries = int(training.tensorboard_every_n)
+        callbacks = [
+            PeriodicCheckpoint(self.checkpoint_dir, training.save_every_n, training.max_checkpoints),
+            TrainingMonitor(
+                int(training.max_iter),
+                log_dir=self.log_dir if summaries > 0 or validation is not None else None,
+                summary_every_n=max(0, summaries),
+                validation_data=validation,
+                validation_every_n=int(training.validation_every_n) if validation is not None else 0,
+                validation_steps=int(training.validation_max_iter),
+                verbose=2 if os.environ.get("SFG_QUIET") == "1" else 1,
+            ),
+        ]
+        if summaries > 0:
+            callbacks.append(GroupingLogger(str(self.log_dir), every_n_steps=summaries,
+                                            task_names=[task.name for task in self.tasks], log_metrics=False))
+        return callbacks
+
+    def _fit(self, model: SFGNetwork, start: int) -> SFGNetwork:
+        training = self.settings.training
+        max_iter = int(training.max_iter)
+        if start >= max_iter:
+            print(f"Already trained to iteration {start} (max_iter = {max_iter}); nothing to do.")
+            return model
+        validation = self.application.validation_dataset() if training.validation_every_n > 0 else None
+        dataset = self.application.training_dataset(first_batch=start)
+        print(f"[sfg_run] training iterations {start + 1}..{max_iter}", flush=True)
+        model.fit(
+            dataset,
+            steps_per_epoch=max_iter - start,
+            epochs=1,
+            callbacks=self.training_callbacks(model, validation),
+            shuffle=False,  # the datasets order themselves (sfg_keras.data.example_order)
+            verbose=0,
+        )
+        return model
+
+    def write_run_info(self, model: SFGNetwork) -> Path:
+        """`model_dir/model_info.json`: network, grouping, tasks, parameter counts, input shape."""
+        info = {
+            "network": self.settings.network.name,
+            "grouping": self.settings.sfg.grouping,
+            "tasks": [task.name for task in self.tasks],
+            "trainable_parameters": int(sum(math.prod(v.shape) for v in model.trainable_weights)),
+            "parameters": int(model.count_params()),
+            "input_shape": list(self.application.input_shape()),
+        }
+        return atomic_write_json(self.model_dir / "model_info.json", info)
+
+    # === Inference, evaluation, export, analysis ===
+
+    def inference(self) -> list[Path]:
+        """Loads the `[INFERENCE] inference_iter` checkpoint, predicts every `inference_inputs()` unit with the
+        `[INFERENCE] inference_mode` and lets the application write the outputs."""
+        from sfg_keras.inference import predict
+
+        self.configure_runtime()
+        inference = self.settings.inference
+        self.application.prepare(fit=False)
+        model, iteration = self.load_checkpoint(int(inference.inference_iter))
+        write_settings(self.settings)
+        print(f"Inference with the checkpoint of iteration {iteration} "
+              f"({inference.inference_mode}, num_samples = {inference.num_samples}).")
+        written: list[Path] = []
+        for item in self.application.inference_inputs():
+            predictions = predict(
+                model,
+                item.inputs,
+                mode=inference.inference_mode,
+                num_samples=int(inference.num_samples),
+                batch_size=int(item.batch_size or inference.batch_size),
+                samples_per_pass=item.samples_per_pass,
+            )
+            files = self.application.write_outputs(item, predictions)
+            print(f"{item.key}: wrote {len(files)} files", flush=True)
+            written.extend(files)
+        written.extend(self.application.finish_inference(written))
+        print(f"Wrote {len(written)} files to {self.application.output_dir}")
+        return written
+
+    def evaluation(self) -> list[Path]:
+        """Evaluates the inferred outputs and writes per-subject and summary CSVs."""
+        self.application.prepare(fit=False)
+        write_settings(self.settings)
+        written = self.application.evaluate()
+        for path in written:
+            print(f"Wrote {path}")
+        return written
+
+    def export(self) -> dict:
+        """Exports the inference checkpoint as versioned SavedModels (MC, MAP and expected signatures), a `.keras`
+        file and the compact MAP model, under `model_dir/export/`."""
+        from sfg_keras.export import export_model
+
+        self.configure_runtime()
+        model, iteration = self.load_checkpoint(int(self.settings.inference.inference_iter))
+        write_settings(self.settings)
+        export_dir = self.model_dir / "export"
+        version = 1
+        while (export_dir / "sfg" / str(version)).exists():
+            version += 1
+        written = export_model(
+            model,
+            export_dir,
+            name="sfg",
+            version=version,
+            num_samples=int(self.settings.inference.num_samples),
+            input_shape=(None, *self.application.export_input_shape()),
+        )
+        print(f"Exported iteration {iteration} as version {version} to {export_dir}")
+        return written
+
+    def analyse(self) -> dict:
+        """Writes PNG plots of the learned grouping, p trajectories and per-layer summaries to `model_dir/analysis`."""
+        from sfg_keras.analysis.report import write_grouping_report
+
+        self.configure_runtime()
+        model, iteration = self.load_checkpoint(int(self.settings.inference.inference_iter))
+        write_settings(self.settings)
+        history = self.log_dir / "grouping_history.npz"
+        written = write_grouping_report(
+            model, self.model_dir / "analysis", history_path=history if history.exists() else None
+        )
+        print(f"Analysed iteration {iteration}: {len(written)} files in {self.model_dir / 'analysis'}")
+        return written
+
