@@ -562,8 +562,8 @@ def save_compact_model(
     Example:
 
     ```python
-    save_compact_model(model, "model_dir/export/sfg_compact.keras")
-    compact = keras.models.load_model("model_dir/export/sfg_compact.keras")   # after `import sfg_keras.layers`
+    save_compact_model(model, "model_dir/export/sfg_compact-1.keras")
+    compact = keras.models.load_model("model_dir/export/sfg_compact-1.keras")   # after `import sfg_keras.layers`
     ```
     """
     path = Path(path)

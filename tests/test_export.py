@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from sfg_keras.export import export_model, serving_request_examples, signature_outputs
+from sfg_keras.export import export_model, next_version, serving_request_examples, signature_outputs
 from sfg_keras.groups import PREDICTION_KEYS
 from sfg_keras.inference import expected_predict, map_outputs, mc_predict, predict
 from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
@@ -112,9 +112,13 @@ def test_export_layout(exported):
     for key in ("saved_model", "compact_saved_model"):
         assert (paths[key] / "saved_model.pb").is_file()
         assert (paths[key] / "variables").is_dir()
-    assert paths["keras"] == export_dir / "sfg.keras" and paths["keras"].is_file()
-    assert paths["compact_keras"] == export_dir / "sfg_compact.keras" and paths["compact_keras"].is_file()
+    assert paths["keras"] == export_dir / "sfg-1.keras" and paths["keras"].is_file()
+    assert paths["compact_keras"] == export_dir / "sfg_compact-1.keras" and paths["compact_keras"].is_file()
     assert not [p.name for p in (export_dir / "sfg").iterdir() if p.name != "1"]  # no staging leftovers
+    assert not [p.name for p in export_dir.iterdir() if p.name.startswith(".")]
+    metadata = json.loads((paths["saved_model"] / "assets.extra" / "sfg_serving.json").read_text())
+    assert metadata["num_samples"] == NUM_SAMPLES and metadata["seed"] is None
+    assert metadata["input_shape"] == [None, SIZE, SIZE, 3]
 
 
 def test_loader_did_not_import_sfg_keras(exported):
@@ -208,6 +212,8 @@ def test_saved_model_cli_lists_signatures(exported):
 def test_export_refuses_to_overwrite_a_version(exported):
     with pytest.raises(FileExistsError, match=r"sfg[/\\]1"):
         export_model(exported["model"], exported["root"] / "export", name="sfg", version=1)
+    assert next_version(exported["root"] / "export", "sfg") == 2
+    assert next_version(exported["root"] / "nothing_here", "sfg") == 1
 
 
 def test_export_argument_errors(exported, tmp_path):
@@ -224,6 +230,8 @@ def test_export_argument_errors(exported, tmp_path):
         export_model(model, tmp_path, input_shape=(None, 8, 8, None))
     with pytest.raises(ValueError, match="SFGNetwork"):
         export_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path)
+    with pytest.raises(ValueError, match="seed=-3"):
+        export_model(model, tmp_path, seed=-3)
     assert not list(tmp_path.iterdir())
 
 
@@ -261,3 +269,15 @@ def test_serving_request_examples():
     assert latest == "http://localhost:8501/v1/models/sfg:predict"
     with pytest.raises(ValueError, match="batch"):
         serving_request_examples(np.zeros((4, 4)))
+
+
+def test_failed_export_names_the_path_and_leaves_nothing(exported, tmp_path, monkeypatch):
+    def failing_save(self, path, *args, **kwargs):
+        open(path, "w").write("partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(exported["model"]), "save", failing_save)
+    with pytest.raises(OSError, match=r"sfg-5\.keras.*No space left"):
+        export_model(exported["model"], tmp_path / "export", name="sfg", version=5, num_samples=2)
+    leftovers = [p for p in (tmp_path / "export").rglob("*") if not p.is_dir()]
+    assert not leftovers, leftovers
