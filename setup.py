@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "nibabel>=5.2",
     "matplotlib>=3.8",
+    # Says what a bad image file is (truncated JPEG, unknown format) in input-check messages; matplotlib needs it too.
+    "pillow>=10",
     # Ternary axes for the grouping-probability plots (supplementary Fig. 2).
     "mpltern>=1.0",
 ]

@@ -2,45 +2,63 @@
 
 The images are the `.jpg`, `.jpeg` and `.png` files of the input section `[MULTITASK] image`; labels come from
 UTKFace file names (`labels = filename`) or a CSV column (`csv:<column>`), see `labelled_images`. The hooks:
-`prepare(fit)` checks the images and labels, makes or loads the seeded 70/15/15 split (`dataset_split.csv`; the
+`prepare(fit)` first checks every input and raises all problems at once before anything is written (the listing
+and labels, and every image file decoded as the datasets decode it, cached in `model_dir/.input_scans.json`: see
+`check_inputs`), then makes or loads the seeded 70/15/15 split (`dataset_split.csv`; the
 seeded `training_fraction` of its Training part is used) and fits (written atomically) or loads the per-channel
 training statistics `model_dir/image_statistics.json`. The datasets decode and resize to `spatial_window_size`
 (default 200 x 200), standardise every channel, divide regression targets by `[AGE_GENDER] target_scale` (age in
 years / 100 by default) and augment with the `[TRAINING]` flips, rotations and scalings; training batch `k` depends
 only on `[SYSTEM] seed` and `k`. Inference writes `inferred.csv` (mean and standard deviation of every regression
 task in its original unit; mode, class probabilities and entropy of every classification task); evaluation writes
-per-image errors and correctness next to predicting the training mean / majority class (`age_gender_metrics.csv`).
+per-image errors and correctness next to predicting the training mean / majority class (`age_gender_metrics.csv`);
+every table is written atomically (a failed write names the file and leaves no partial one).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
 from sfg_keras.config import KeySpec, SectionSettings, TaskSpec
 from sfg_keras.data import random_scale_rotate
-from sfg_keras.data.sampler import example_order
+from sfg_keras.data.sampler import batch_examples, example_order
 from sfg_keras.engine.application import BaseApplication, InferenceInput
-from sfg_keras.evaluation import write_metrics_csv
 from sfg_keras.io.atomic import atomic_write_json
+from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, ScanCache
 
-from .labelled_images import LabelledImages, label_source_problem, read_labelled_images
+from .labelled_images import (
+    LabelledImages,
+    describe_image_bytes,
+    label_source_problem,
+    raise_input_problems,
+    read_labelled_images,
+)
 from .prediction_tables import (
     classification_metrics,
     format_row,
     prediction_columns,
     read_inferred,
     regression_metrics,
+    write_metrics_tables,
     write_table,
 )
 
+if TYPE_CHECKING:
+    from sfg_keras.export import ServingPreprocessor
+
 DEFAULT_IMAGE_SIZE = (200, 200)
 STATISTICS_FILE = "image_statistics.json"
+#: `ScanCache` of the image decodes in model_dir, written only after every check passed.
+SCAN_CACHE_FILE = ".input_scans.json"
 INFERRED_FILE = "inferred.csv"
 METRICS_FILE = "age_gender_metrics.csv"
 EVALUATIONS = ("mae", "accuracy")
@@ -84,6 +102,7 @@ class AgeGenderApplication(BaseApplication):
         self._images: LabelledImages | None = None
         self._split: dict[str, str] | None = None
         self._statistics: dict | None = None
+        self._scans: ScanCache | None = None
         self._inferred: dict[str, list[str]] = {}
         self._inferred_header: list[str] = []
         super().__init__(settings)
@@ -181,6 +200,40 @@ class AgeGenderApplication(BaseApplication):
         """`(height, width, channels)`, e.g. `(200, 200, 3)`."""
         return (*self.image_size, self.channels)
 
+    def serving_preprocessor(self) -> ServingPreprocessor:
+        """Raw decoded pixels in, as the exported SavedModel takes them: `[N, h, w, channels]`, values 0..255 (uint8
+        pixels sent as numbers), any `h, w` (one size per request).
+
+        Inside every signature the images are resized to `spatial_window_size` exactly as `decode` does
+        (`tf.image.resize(..., antialias=True)`) and standardised with the training statistics of
+        `model_dir/image_statistics.json` (then per image with `[NETWORK] whitening`), saved as constants.
+
+        Raises:
+            FileNotFoundError, ValueError: the statistics file is missing or was written for other images.
+
+        Example:
+
+        ```python
+        pixels = tf.io.decode_image(tf.io.read_file("face.jpg"), channels=3)[None]
+        app.serving_preprocessor().preprocess(pixels)  # what the network was trained on
+        ```
+        """
+        from sfg_keras.export import ServingPreprocessor
+
+        if self._statistics is None:
+            self._statistics = self._load_statistics()
+        standardise, size = self._standardiser(), self.image_size
+
+        def preprocess(images: tf.Tensor) -> tf.Tensor:
+            return standardise(tf.image.resize(tf.cast(images, tf.float32), size, antialias=True))
+
+        return ServingPreprocessor(
+            preprocess,
+            input_shape=(None, None, self.channels),
+            description=f"decoded {self.channels}-channel pixels 0..255 [N, h, w, {self.channels}] (one size per "
+            f"request), resized to {list(size)} and standardised in the graph",
+        )
+
     def target_scale(self, task: TaskSpec) -> float:
         """Divisor of `task`'s regression targets: `[AGE_GENDER] target_scale`, else 100 for `age` read from file
         names, else 1.
@@ -236,7 +289,12 @@ class AgeGenderApplication(BaseApplication):
         return self.model_dir / STATISTICS_FILE
 
     def prepare(self, fit: bool) -> None:
-        """Reads and checks the images and labels, makes or loads the split, then fits or loads the statistics.
+        """Checks every input, then makes or loads the split and fits or loads the statistics.
+
+        Nothing is written before every check passed; the problems are raised together (see `check_inputs`):
+        the listing and labels (`labelled_images`) and the image files, decoded as the datasets decode them (all
+        images for `train`, from scratch or resumed; the images to infer for `inference`; none for `evaluation`).
+        The decodes are cached in `model_dir/.input_scans.json`, written last.
 
         Args:
             fit: compute the per-channel mean and standard deviation (0..255 scale, after resizing) of the training
@@ -244,9 +302,11 @@ class AgeGenderApplication(BaseApplication):
                 otherwise load that file.
 
         Raises:
-            FileNotFoundError: an input is missing, or `fit` is False and the statistics file does not exist.
-            ValueError: invalid inputs (see `image_set`), an empty training set, or saved statistics of another
-                image size or channel count.
+            InputValidationError: (a ValueError) every bad image, row and label, each naming the file, the image id,
+                what is wrong and what was expected (the first 20, and how many more).
+            FileNotFoundError: an input folder, the CSV or listed images are missing, or `fit` is False and the
+                statistics file does not exist.
+            ValueError: no image, an empty training set, or saved statistics of another image size or channel count.
 
         Example:
 
@@ -255,10 +315,16 @@ class AgeGenderApplication(BaseApplication):
         json.loads(app.statistics_path.read_text())["mean"]  # e.g. [131.3, 113.5, 117.5]
         ```
         """
-        images = self.image_set()
+        images = self.check_inputs()
         if not fit:
-            self._statistics = self._load_statistics()
-            self._subject_split()
+            statistics = self._load_statistics()
+            split = self._subject_split()
+            if self.settings.action == "inference":
+                problems = InputProblems(f"images to infer of [{self.image_section}]")
+                self.check_images(images.select(self.subjects_to_infer(split)), problems)
+                raise_input_problems(problems)
+            self._statistics = statistics
+            self._scan_cache().save()
             return
         training = self.training_subjects(self._subject_split())
         if not training:
@@ -269,6 +335,108 @@ class AgeGenderApplication(BaseApplication):
         statistics = self._fit_statistics(images.select(training).paths)
         atomic_write_json(self.statistics_path, statistics)
         self._statistics = statistics
+        self._scan_cache().save()
+
+    def check_inputs(self) -> LabelledImages:
+        """`image_set()`, after checking the listing and every label and, for `train`, decoding every image; all
+        problems are raised together, and nothing is written.
+
+        Raises:
+            InputValidationError: the problems (a `MissingImagesError`, also a FileNotFoundError, when every one is a
+                missing image).
+
+        Example:
+
+        ```python
+        images = app.check_inputs()  # raises listing every corrupt image and bad label
+        ```
+        """
+        problems = InputProblems(f"inputs of [{self.image_section}]")
+        images = self._images
+        if images is None:
+            images = read_labelled_images(self.settings, self.image_section, self.tasks, problems)
+        if self.settings.action == "train":
+            self.check_images(images, problems)
+        raise_input_problems(problems)
+        self._images = images
+        return images
+
+    def check_images(self, images: LabelledImages, problems: InputProblems) -> None:
+        """Records in `problems` every image file of `images` the datasets could not decode.
+
+        A folder, an unreadable or empty file, an unknown format, a truncated or corrupt file, or an image that the
+        decoder cannot convert to `[AGE_GENDER] channels` (e.g. a CMYK JPEG, GIF or BMP for channels = 1) is a
+        problem. Any size and any channel count the decoder converts (grey, RGB, RGBA, 16-bit PNG) is accepted:
+        `decode` converts the channels and resizes to `spatial_window_size`. Successful decodes are cached by path,
+        size and modification time (`ScanCache`), so a second run over unchanged files only reads their metadata.
+
+        Example:
+
+        ```python
+        problems = InputProblems("images of [IMAGES]")
+        app.check_images(app.image_set(), problems)
+        problems.raise_if_any()
+        ```
+        """
+        cache, scan_name, expected = self._scan_cache(), f"age_gender-decode-{self.channels}ch-v1", self._expected()
+
+        def check(subject: str, path: str) -> list:
+            found = InputProblems()
+            if os.path.isdir(path):
+                found.add(path, "is a folder, not an image file", expected, subject)
+            elif os.path.exists(path) and not os.access(path, os.R_OK):
+                found.add(path, "cannot be read (permission denied)", expected, subject)
+            else:
+                found.run(path, subject, lambda p: cache.get_or_scan(p, scan_name, self._decode_check), expected)
+            return found.items
+
+        # Decoding releases the GIL: a few threads decode in parallel; problems keep the order of the images.
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            for found in pool.map(check, images.subjects, images.paths):
+                problems.items.extend(found)
+
+    def _expected(self) -> str:
+        return (f"a complete JPEG or PNG image that decodes to {self.channels} channel"
+                f"{'s' if self.channels > 1 else ''} ([{APP_SECTION}] channels)")
+
+    def _decode_check(self, path: str) -> dict:
+        """Decodes one file as `decode` does: `{"height", "width"}`, or an `InputCheckFailure` saying why not."""
+        data = Path(path).read_bytes()
+        if not data:
+            raise InputCheckFailure("is empty (0 bytes)", self._expected())
+        try:
+            shape = tf.io.decode_image(data, channels=self.channels, expand_animations=False).shape
+        except tf.errors.OpError as error:
+            reason = error.message.split("}} ")[-1].replace(" [Op:DecodeImage]", "").strip()
+            raise InputCheckFailure(
+                f"cannot be decoded: it is {describe_image_bytes(data)}; TensorFlow: {reason}", self._expected()
+            ) from None
+        return {"height": int(shape[0]), "width": int(shape[1])}
+
+    def _scan_cache(self) -> ScanCache:
+        """The `ScanCache` of image decodes, `model_dir/.input_scans.json` (saved by `prepare` after the checks)."""
+        if self._scans is None:
+            self._scans = ScanCache(self.model_dir / SCAN_CACHE_FILE)
+        return self._scans
+
+    def training_files(self) -> list[str]:
+        """The files the image statistics were fitted on: the Training images used, plus the label CSV when it holds
+        labels or lists the images. Valid after `prepare`.
+
+        Example:
+
+        ```python
+        app.prepare(fit=True)
+        files_fingerprint(app.training_files(), base_dir=app.settings.config_dir)
+        ```
+        """
+        self._check_prepared()
+        files = list(self.image_set().select(self.training_subjects(self._subject_split())).paths)
+        csv_file = self.image_settings.csv_data_file
+        uses_csv = not self.image_settings.path_to_search or any(t.label.startswith("csv:") for t in self.tasks)
+        if csv_file and uses_csv:
+            files.append(str(Path(csv_file).absolute()))
+        return files
 
     def _load_statistics(self) -> dict:
         path = self.statistics_path
@@ -407,6 +575,12 @@ class AgeGenderApplication(BaseApplication):
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+    def describe_batch(self, batch: int) -> str:
+        """The image files of training batch `batch` (the order of `training_dataset`)."""
+        images = self.image_set().select(self.training_subjects(self._subject_split()))
+        indices = batch_examples(len(images.paths), self.seed, batch, self.batch_size)
+        return ", ".join(str(images.paths[index]) for index in indices)
 
     def validation_dataset(self) -> tf.data.Dataset | None:
         """Repeated batches of the Validation split in a fixed order (no augmentation), or None when it is empty."""
@@ -572,7 +746,7 @@ class AgeGenderApplication(BaseApplication):
                 )
             elif task.type == "classification" and "accuracy" in wanted:
                 summaries.append(classification_metrics(task, rows, truth, training_truth, metric_rows))
-        written = write_metrics_csv(metric_rows, self.evaluation_dir / METRICS_FILE)
+        written = write_metrics_tables(metric_rows, self.evaluation_dir / METRICS_FILE)
         for line in summaries:
             print(line)
         return list(written)

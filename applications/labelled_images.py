@@ -12,6 +12,15 @@ The images are the `.jpg`, `.jpeg` and `.png` files of one input section. Each t
 
 The subject id of an image is its file name, so two images with the same file name are an error.
 
+What is checked (every problem is collected, then raised as one `InputValidationError` listing the first 20 and how
+many more; see `sfg_keras.io.input_checks`): a listed image that does not exist, a folder named like an image, a CSV
+row listed twice or with an empty `filename` cell, an image without a CSV row, a missing label column, and every label
+cell: regression labels must be finite numbers; an empty cell or `nan`, `na`, `n/a`, `none`, `null` means "missing"
+(as before), while `inf`, `-inf` or `infinity` are errors. Class labels must be integers `0..num_classes - 1`;
+`-1` or a missing word means "missing". The image files themselves (decodable, not truncated) are checked by the
+application (`AgeGenderApplication.check_images`), which decodes them as training does; `describe_image_bytes` says
+in messages what Pillow sees in a file that does not decode.
+
 Example:
 
 ```python
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from pathlib import Path
@@ -32,6 +42,7 @@ import numpy as np
 
 from sfg_keras.config import Settings, TaskSpec
 from sfg_keras.io import InputSection, match_section
+from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, InputValidationError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 #: Tasks whose labels `filename` reads from UTKFace names, with the task type and the classes they need.
@@ -39,6 +50,74 @@ FILENAME_TASKS = {"age": ("regression", 1), "gender": ("classification", 2), "ra
 UTKFACE_NAME_FORMAT = "{age}_{gender}_{race}_{datetime}.jpg"
 #: Cells that mean "no label" (case-insensitive).
 MISSING_WORDS = ("", "nan", "na", "n/a", "none", "null")
+#: The first bytes of the formats TensorFlow's `decode_image` reads.
+IMAGE_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}
+#: Every problem text of a listed image that is not on disk contains it (see `raise_input_problems`).
+MISSING_FILE = "does not exist"
+
+
+class MissingImagesError(InputValidationError, FileNotFoundError):
+    """An `InputValidationError` whose problems are all missing images; also a `FileNotFoundError`.
+
+    Example:
+
+    ```python
+    try:
+        read_labelled_images(settings, "IMAGES", tasks)
+    except FileNotFoundError as error:  # a MissingImagesError
+        print(error.problems[0].path)
+    ```
+    """
+
+
+def raise_input_problems(problems: InputProblems) -> None:
+    """Raises the collected problems: a `MissingImagesError` when each one is a missing file, else an
+    `InputValidationError`; does nothing without problems.
+
+    Example:
+
+    ```python
+    problems = InputProblems("inputs of [IMAGES]")
+    problems.add("images/b.png", "image 'b.png' does not exist", "an image file", subject="b.png")
+    raise_input_problems(problems)  # MissingImagesError (a FileNotFoundError and a ValueError)
+    ```
+    """
+    if problems.items and all(MISSING_FILE in item.problem for item in problems.items):
+        raise MissingImagesError(problems.items, problems.context)
+    problems.raise_if_any()
+
+
+def describe_image_bytes(data: bytes) -> str:
+    """What Pillow sees in the bytes of an image file, for messages about a file that does not decode.
+
+    Pillow (installed with matplotlib) reads the header, then decodes the pixels to tell a truncated file from an
+    unsupported one; without Pillow only the size and first bytes are described.
+
+    Example:
+
+    ```python
+    describe_image_bytes(Path("face.jpg").read_bytes()[:500])
+    # "a truncated or corrupt JPEG image (mode 'RGB', 32 x 32 pixels; Pillow: image file is truncated)"
+    describe_image_bytes(b"hello")  # "not a recognised image format (5 bytes starting with b'hello')"
+    ```
+    """
+    signature = next((name for magic, name in IMAGE_SIGNATURES.items() if data.startswith(magic)), None)
+    unknown = (f"a truncated or corrupt {signature} file (its header cannot be read)" if signature else
+               f"not a recognised image format ({len(data)} bytes starting with {data[:8]!r})")
+    try:
+        from PIL import Image
+    except ImportError:
+        return unknown
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = f"{image.format} image (mode {image.mode!r}, {image.width} x {image.height} pixels"
+            try:
+                image.load()
+            except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ...
+                return f"a truncated or corrupt {kind}; Pillow: {error})"
+            return f"a {kind})"
+    except Exception:  # UnidentifiedImageError and the decoders' own errors
+        return unknown
 
 
 @dataclasses.dataclass
@@ -80,21 +159,27 @@ class LabelledImages:
         )
 
 
-def read_labelled_images(settings: Settings, section: str, tasks: list[TaskSpec]) -> LabelledImages:
-    """Finds the images of input section `section` and reads the labels of `tasks`.
+def read_labelled_images(
+    settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None
+) -> LabelledImages:
+    """Finds the images of input section `section` and reads the labels of `tasks`, checking every file and cell.
 
     Args:
         settings: the resolved settings (the config path names the file in messages).
         section: the name of the input section holding the images, e.g. `"IMAGES"`.
         tasks: the tasks; each has `label` `filename` or `csv:<column>`.
+        problems: where to record the problems of single files, rows and cells (then the images read so far are
+            returned and the caller raises); None raises them here, all together.
 
     Returns:
-        A `LabelledImages` sorted by subject id.
+        A `LabelledImages` sorted by subject id (a bad label is left missing when `problems` is given).
 
     Raises:
-        FileNotFoundError: a searched folder, the CSV or a listed image does not exist.
-        ValueError: no image is found, no name is valid, two images share a file name, a CSV column or row is
-            missing, or a label is invalid; the message names the file, section and key.
+        FileNotFoundError: a searched folder or the CSV does not exist, or listed images do not exist (a
+            `MissingImagesError`, which is also an `InputValidationError`).
+        InputValidationError: (a ValueError) the problems of single files, rows and cells (see the module's "What
+            is checked"), each naming the file and image.
+        ValueError: no image is found, no name is valid, or the CSV has no `filename` column.
 
     Example:
 
@@ -102,7 +187,11 @@ def read_labelled_images(settings: Settings, section: str, tasks: list[TaskSpec]
     images = read_labelled_images(settings, "IMAGES", settings.task_specs())
     ```
     """
-    return _Reader(settings, section, tasks).read()
+    reader = _Reader(settings, section, tasks, problems)
+    images = reader.read()
+    if problems is None:
+        raise_input_problems(reader.problems)
+    return images
 
 
 def label_source_problem(task: TaskSpec, section: str, has_csv: bool) -> tuple[str, object, str] | None:
@@ -157,6 +246,54 @@ def label_source_problem(task: TaskSpec, section: str, has_csv: bool) -> tuple[s
     return None
 
 
+def label_value(text: str, task: TaskSpec) -> float | int:
+    """One stripped CSV cell as a label of `task`: a finite float (NaN if missing) or a class index (-1 if missing).
+
+    Missing: an empty cell or `nan`, `na`, `n/a`, `none`, `null` (any case); for a class label also `-1`.
+
+    Raises:
+        InputCheckFailure: not a number, not finite (`inf`), not an integer, or a class outside
+            `0..num_classes - 1`; with what was expected.
+
+    Example:
+
+    ```python
+    label_value("31", age_task), label_value("NaN", age_task), label_value("", gender_task)  # 31.0, nan, -1
+    label_value("inf", age_task)  # InputCheckFailure: 'inf' is not a finite number (task 'age')
+    ```
+    """
+    missing = text.lower() in MISSING_WORDS
+    if task.type == "regression":
+        if missing:
+            return math.nan
+        expected = "a finite number, or an empty cell (or nan, na, n/a, none, null) for a missing label"
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputCheckFailure(f"{text!r} is not a number (task {task.name!r})", expected) from None
+        if not math.isfinite(value):
+            raise InputCheckFailure(f"{text!r} is not a finite number (task {task.name!r})", expected)
+        return value
+    if missing:
+        return -1
+    expected = (f"a class index 0..{task.num_classes - 1} ([MULTITASK] num_classes = {task.num_classes}), or an "
+                "empty cell (or -1) for a missing label")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise InputCheckFailure(f"{text!r} is not a class index (task {task.name!r})", expected)
+    if value >= task.num_classes:
+        raise InputCheckFailure(
+            f"class {int(value)} of task {task.name!r} is not below [MULTITASK] num_classes = {task.num_classes}",
+            expected,
+        )
+    if value < -1:
+        raise InputCheckFailure(f"class {int(value)} of task {task.name!r} is negative", expected)
+    return int(value)
+
+
 def parse_label(text: str, task: TaskSpec, where: str) -> float | int:
     """One CSV cell as a label of `task`: a float (NaN if missing) or a class index (-1 if missing).
 
@@ -166,7 +303,7 @@ def parse_label(text: str, task: TaskSpec, where: str) -> float | int:
         where: the place in messages, e.g. `"labels.csv, line 3, column 'kind'"`.
 
     Raises:
-        ValueError: not a number, not a class index, or a class not below `num_classes`.
+        ValueError: the problems of `label_value`, prefixed with `where`.
 
     Example:
 
@@ -175,28 +312,10 @@ def parse_label(text: str, task: TaskSpec, where: str) -> float | int:
     parse_label("", age_task, "labels.csv, line 2")  # nan
     ```
     """
-    missing = text.lower() in MISSING_WORDS
-    if task.type == "regression":
-        if missing:
-            return math.nan
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{where}: {text!r} is not a number (task {task.name!r})") from None
-    if missing:
-        return -1
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer():
-        raise ValueError(f"{where}: {text!r} is not a class index (task {task.name!r})")
-    if value >= task.num_classes:
-        raise ValueError(
-            f"{where}: class {int(value)} of task {task.name!r} is not below [MULTITASK] num_classes = "
-            f"{task.num_classes}"
-        )
-    return max(int(value), -1)
+        return label_value(text, task)
+    except InputCheckFailure as failure:
+        raise ValueError(f"{where}: {failure.problem}; expected {failure.expected}") from None
 
 
 def _normalise_csv_name(name: str) -> str:
@@ -207,13 +326,17 @@ def _normalise_csv_name(name: str) -> str:
 
 
 class _Reader:
-    """Reads the images of one input section; each method raises with the file, section and key."""
+    """Reads the images of one input section: problems of single files, rows and cells go to `problems`; missing
+    folders and files, and a CSV without a `filename` column, raise at once, naming the file, section and key."""
 
-    def __init__(self, settings: Settings, section: str, tasks: list[TaskSpec]):
+    def __init__(self, settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None):
         self.settings = settings
         self.section = settings.inputs[section]
         self.name = section
         self.tasks = list(tasks)
+        self.problems = problems if problems is not None else InputProblems(f"images and labels of [{section}]")
+        self._rows: dict[str, dict[str, str]] | None = None
+        self._header: list[str] = []
 
     @property
     def csv_where(self) -> str:
@@ -267,7 +390,9 @@ class _Reader:
             folder = next((f for f in section.path_to_search if Path(path).is_relative_to(f)), None)
             relative = Path(path).relative_to(folder).as_posix() if folder else Path(path).name
             files.append((path, relative))
+        self.check_folders_named_like_images()
         if not files:
+            raise_input_problems(self.problems)
             raise ValueError(
                 f"{self.settings.config_path}: [{self.name}] path_to_search {', '.join(section.path_to_search)}: no "
                 f".jpg, .jpeg or .png file matches (filename_contains={list(section.filename_contains)}, "
@@ -275,32 +400,53 @@ class _Reader:
             )
         return files
 
+    def wanted(self, name: str) -> bool:
+        """Whether a file name is an image name the section's filters keep."""
+        section = self.section
+        return (
+            name.lower().endswith(IMAGE_EXTENSIONS)
+            and all(p in name for p in section.filename_contains)
+            and not any(p in name for p in section.filename_not_contains)
+        )
+
+    def check_folders_named_like_images(self) -> None:
+        """Records every folder under `path_to_search` whose name the filters would take for an image."""
+        for root in self.section.path_to_search:
+            for folder, names, _ in os.walk(root):
+                for name in names:
+                    if self.wanted(name):
+                        self.problems.add(
+                            os.path.join(folder, name), "is a folder named like an image",
+                            "only image files to have .jpg, .jpeg or .png names (rename or move the folder)", name,
+                        )
+
     def files_from_csv(self) -> list[tuple[str, str]]:
         """The images listed in the CSV's `filename` column, relative to the CSV's folder."""
-        section = self.section
-        csv_path = Path(section.csv_data_file)
+        csv_path = Path(self.section.csv_data_file)
         files = []
-        for entry in self.read_csv([]):
+        for entry, row in self.csv_rows().items():
             name = Path(entry).name
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            if not all(p in name for p in section.filename_contains):
-                continue
-            if any(p in name for p in section.filename_not_contains):
+            if not self.wanted(name):
                 continue
             path = csv_path.parent / entry
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{self.csv_where}: image '{entry}' does not exist (resolved to '{path}'); entries are relative "
-                    "to the CSV's folder when path_to_search is empty"
+            if not path.exists():
+                self.problems.add(
+                    path.absolute(), f"image '{entry}' {MISSING_FILE} (listed on line {row['_line']} of "
+                    f"{self.csv_where})", "an image file; entries are relative to the CSV's folder when "
+                    "path_to_search is empty", name,
                 )
+                continue
             files.append((str(path.absolute()), entry))
         if not files:
+            raise_input_problems(self.problems)
             raise ValueError(f"{self.csv_where}: no .jpg, .jpeg or .png file is listed in its 'filename' column")
         return files
 
-    def read_csv(self, columns: list[str]) -> dict[str, dict[str, str]]:
-        """Rows of the label CSV keyed by their normalised `filename` entry; checks the columns exist."""
+    def csv_rows(self) -> dict[str, dict[str, str]]:
+        """Rows of the label CSV keyed by their normalised `filename` entry (read once); empty and repeated
+        entries are recorded as problems and left out."""
+        if self._rows is not None:
+            return self._rows
         csv_path = Path(self.section.csv_data_file)
         if not csv_path.is_file():
             raise FileNotFoundError(
@@ -308,49 +454,76 @@ class _Reader:
             )
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            header = [column.strip() for column in reader.fieldnames or []]
-            reader.fieldnames = header
-            for column in ["filename", *columns]:
-                if column not in header:
-                    users = [t.name for t in self.tasks if t.label == f"csv:{column}"]
-                    needed = f" (task {users[0]!r}, [MULTITASK] labels = csv:{column})" if users else ""
-                    raise ValueError(
-                        f"{self.csv_where}: no column {column!r}{needed}; the CSV has the columns {header}"
-                    )
+            self._header = [column.strip() for column in reader.fieldnames or []]
+            reader.fieldnames = self._header
+            if "filename" not in self._header:
+                raise ValueError(f"{self.csv_where}: no column 'filename'; the CSV has the columns {self._header}")
             rows: dict[str, dict[str, str]] = {}
             for line, row in enumerate(reader, start=2):
                 name = _normalise_csv_name(row.get("filename") or "")
                 if not name:
-                    raise ValueError(f"{self.csv_where}, line {line}: the 'filename' cell is empty")
-                if name in rows:
-                    raise ValueError(f"{self.csv_where}, line {line}: file '{name}' is listed twice")
-                rows[name] = {**{k: (v or "").strip() for k, v in row.items() if k}, "_line": str(line)}
+                    self.problems.add(self.csv_where, f"line {line}: the 'filename' cell is empty",
+                                      "the image's path on every row")
+                elif name in rows:
+                    self.problems.add(
+                        self.csv_where, f"line {line}: file '{name}' is listed twice (first on line "
+                        f"{rows[name]['_line']})", "one row per image (its id is the file name)", Path(name).name,
+                    )
+                else:
+                    rows[name] = {**{k: (v or "").strip() for k, v in row.items() if k}, "_line": str(line)}
+        self._rows = rows
         return rows
+
+    def csv_columns(self, tasks: list[TaskSpec]) -> set[str]:
+        """The label columns of `tasks` the CSV has; each missing one is recorded as a problem."""
+        present = set()
+        for task in tasks:
+            column = task.label[4:]
+            if column in self._header:
+                present.add(column)
+            else:
+                self.problems.add(
+                    self.csv_where, f"no column {column!r} (task {task.name!r}, [MULTITASK] labels = csv:{column})",
+                    f"a column for every csv: label; the CSV has the columns {self._header}",
+                )
+        return present
 
     def csv_labels(self, files: list[tuple[str, str]], tasks: list[TaskSpec]) -> dict[str, np.ndarray]:
         """The labels of the `csv:<column>` tasks for `files`, found by relative path or unique base name."""
-        rows = self.read_csv([task.label[4:] for task in tasks])
+        rows = self.csv_rows()
+        columns = self.csv_columns(tasks)
         by_name: dict[str, str | None] = {}
         for key in rows:
             base = key.rsplit("/", 1)[-1]
             by_name[base] = None if base in by_name else key
         labels: dict[str, list] = {task.name: [] for task in tasks}
         for path, relative in files:
-            key = relative if relative in rows else by_name.get(Path(path).name)
+            name = Path(path).name
+            key = relative if relative in rows else by_name.get(name)
             if key is None:
-                raise ValueError(
-                    f"Image '{path}' has no row in {self.csv_where}: expected a 'filename' entry '{relative}' or "
-                    f"'{Path(path).name}' (unique)"
+                self.problems.add(
+                    path, f"image '{relative}' has no row in {self.csv_where}",
+                    f"a 'filename' entry '{relative}' or '{name}' (unique)", name,
                 )
-            row = rows[key]
             for task in tasks:
-                column = task.label[4:]
-                where = f"{self.csv_where}, line {row['_line']}, column {column!r}"
-                labels[task.name].append(parse_label(row[column], task, where))
+                labels[task.name].append(self.cell_label(rows.get(key) if key else None, task, name, columns))
         return {
             task.name: np.asarray(labels[task.name], dtype=np.float64 if task.type == "regression" else np.int64)
             for task in tasks
         }
+
+    def cell_label(self, row: dict[str, str] | None, task: TaskSpec, subject: str, columns: set[str]) -> float:
+        """The label of `task` in `row` (missing without a row or column); a bad cell is recorded as a problem."""
+        column = task.label[4:]
+        missing = math.nan if task.type == "regression" else -1
+        if row is None or column not in columns:
+            return missing
+        try:
+            return label_value(row[column], task)
+        except InputCheckFailure as failure:
+            self.problems.add(self.csv_where, f"line {row['_line']}, column {column!r}: {failure.problem}",
+                              failure.expected, subject)
+            return missing
 
     def filename_labels(
         self, files: list[tuple[str, str]], tasks: list[TaskSpec]
@@ -373,6 +546,7 @@ class _Reader:
                 f"{UTKFACE_NAME_FORMAT} (e.g. '{skipped[0]}')"
             )
         if not kept:
+            raise_input_problems(self.problems)
             raise ValueError(
                 f"{self.settings.config_path}: [{self.name}] path_to_search {', '.join(self.section.path_to_search)}: "
                 f"no valid images: none of the {len(skipped)} image names follows {UTKFACE_NAME_FORMAT} "
@@ -386,13 +560,14 @@ class _Reader:
         return kept, len(skipped), labels
 
     def check_unique_names(self, files: list[tuple[str, str]]) -> None:
-        """Raises `ValueError` when two images share a file name (the subject id)."""
+        """Records every image whose file name (the subject id) an earlier image already has."""
         names: dict[str, str] = {}
         for path, _ in files:
             name = Path(path).name
             if name in names:
-                raise ValueError(
-                    f"{self.settings.config_path}: [{self.name}]: two images share the file name '{name}' (the "
-                    f"subject id): '{names[name]}' and '{path}'; use filename_not_contains or separate runs"
+                self.problems.add(
+                    path, f"has the same file name (the image id) as '{names[name]}' ([{self.name}])",
+                    "unique file names: use filename_not_contains or separate runs", name,
                 )
-            names[name] = path
+            else:
+                names[name] = path

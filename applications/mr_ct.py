@@ -30,6 +30,7 @@ import functools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +39,7 @@ from sfg_keras.config import KeySpec, SectionSettings, TaskSpec
 from sfg_keras.config.schema import section_schema
 from sfg_keras.data import (
     HistogramStandardisation,
+    batch_examples,
     example_order,
     random_crop_pad,
     random_scale_rotate,
@@ -50,12 +52,13 @@ from sfg_keras.io import (
     InputSection,
     atomic_path,
     atomic_write_json,
-    load_nifti,
     match_subjects,
     save_nifti,
 )
+from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache
 
 from . import mr_ct_evaluation
+from .mr_ct_checks import check_subjects, section_roles
 from .mr_ct_data import (
     SliceData,
     SubjectContext,
@@ -63,12 +66,16 @@ from .mr_ct_data import (
     fill_value,
     inference_slices,
     load_subject,
+    load_volume,
     samples_per_pass,
     slices_back_to_volume,
     stack_slices,
     training_statistics,
 )
 from .mr_ct_evaluation import INFERRED_FILE, METRICS_FILE
+
+if TYPE_CHECKING:
+    from sfg_keras.export import ServingPreprocessor
 
 __all__ = ["INFERRED_FILE", "METRICS_FILE", "MRCTApplication", "SubjectContext", "TRAINING_STATISTICS_FILE"]
 
@@ -123,6 +130,7 @@ class MRCTApplication(BaseApplication):
         self.training_data: SliceData | None = None
         self.validation_data: SliceData | None = None
         self._rows_to_infer: list[dict[str, str | None]] | None = None
+        self._training_files: list[str] | None = None
         self._inferred: dict[str, dict[str, str]] = {}
         super().__init__(settings)
 
@@ -224,6 +232,28 @@ class MRCTApplication(BaseApplication):
         """Whole slices of any size (SFG-HighResNet is fully convolutional): `(None, None, 1)`."""
         return (None, None, 1)
 
+    def serving_preprocessor(self) -> ServingPreprocessor:
+        """Raw MR in, as the exported SavedModel takes it: one request = the axial slices of ONE volume, `[Z, X, Y, 1]`
+        raw intensities of any slice size (see `mr_ct_serving`).
+
+        Every signature normalises the request as `normalise_mr` does (the histogram landmarks saved at training
+        time as constants, then whitening; per-volume statistics over the request), pads the slices to a multiple of
+        8 and crops the outputs back, as `sfg_run inference` does.
+
+        Raises:
+            FileNotFoundError: `[NETWORK] normalisation` is on and the histogram file does not exist.
+
+        Example:
+
+        ```python
+        slices = np.moveaxis(load_nifti("subj_000_mr.nii.gz").data, 2, 0)[..., None]
+        network_input = app.serving_preprocessor().preprocess(tf.constant(slices, tf.float32))
+        ```
+        """
+        from .mr_ct_serving import volume_preprocessor
+
+        return volume_preprocessor(self.saved_standardiser(), bool(self.settings.network.whitening))
+
     # === Files and subjects ===
 
     @property
@@ -299,15 +329,22 @@ class MRCTApplication(BaseApplication):
     def prepare(self, fit: bool) -> None:
         """Matches, splits, loads and checks what the action needs; fits and saves (`fit`) or loads the normalisation.
 
-        - `fit=True` (training from scratch): loads and checks the training and validation subjects, fits the
-          histogram standardisation on the training subjects and, only then, writes `[NETWORK] histogram_ref_file`
-          and `model_dir/training_statistics.json` atomically (replacing earlier ones).
-        - `fit=False`: the saved files are loaded. Training (resume) loads the subjects too; inference loads only the
-          standardiser and matches the MR files of `[INFERENCE] dataset_to_infer`; evaluation loads the statistics.
+        - `fit=True` (training from scratch): checks every file of the training and validation subjects
+          (`mr_ct_checks`: readable, decodable, 3-D, same grid as the MR, finite, an MR foreground with
+          `normalisation`, labels in 0..num_classes-1), loads them, fits the histogram standardisation on the
+          training subjects and, only then, writes `[NETWORK] histogram_ref_file` and
+          `model_dir/training_statistics.json` atomically (replacing earlier ones).
+        - `fit=False`: the saved files are loaded. Training (resume) checks and loads the subjects too; inference
+          loads only the standardiser and checks the MR files of `[INFERENCE] dataset_to_infer`; evaluation loads
+          the statistics.
+
+        Scans of the files' voxels are cached in `model_dir/.input_scans.json`, written once the checks passed.
 
         Raises:
             FileNotFoundError: a missing input folder, or (`fit=False`) a missing saved file, with the train command.
-            ValueError: bad subjects (missing section, geometry, labels) naming the subject and the file.
+            InputValidationError: every bad file at once (a `ValueError`), each naming subject, file, problem and
+                what was expected.
+            ValueError: a subject missing a section, naming the subject and the section.
         """
         action = self.settings.action
         if fit or action == "train":
@@ -316,7 +353,10 @@ class MRCTApplication(BaseApplication):
             self.standardiser = self.saved_standardiser()
             rows = self.match_files([self.image_section])
             by_subject = {str(row["subject"]): row for row in rows}
-            self._rows_to_infer = [by_subject[s] for s in self.subjects_to_infer(self.split(list(by_subject)))]
+            rows = [by_subject[s] for s in self.subjects_to_infer(self.split(list(by_subject)))]
+            _, cache = self._check_inputs(rows, "MR inputs to infer", [], keep=False)
+            self._rows_to_infer = rows
+            cache.save()
         elif action == "evaluation":
             self.statistics = self.training_statistics()
 
@@ -331,7 +371,11 @@ class MRCTApplication(BaseApplication):
                 f"No training subject in {self.settings.system.dataset_split_file}: expected at least one "
                 "'Training' row (lower [TRAINING] exclude_fraction_for_validation / exclude_fraction_for_inference)."
             )
-        volumes = {s: load_subject(rows[s], sections, self.segmentation_tasks) for s in [*training, *validation]}
+        subjects = [*training, *validation]
+        loaded, cache = self._check_inputs([rows[s] for s in subjects], "training and validation inputs", self.tasks,
+                                           keep=True)
+        volumes = {s: load_subject(rows[s], sections, self.segmentation_tasks, loaded) for s in subjects}
+        del loaded
         if fit:
             standardiser = self._fit_standardiser([volumes[s][self.image_section].data for s in training])
             statistics = training_statistics(training, volumes, self.tasks)
@@ -344,11 +388,41 @@ class MRCTApplication(BaseApplication):
         )
         if fit:
             self._save_normalisation(standardiser, statistics)
+        cache.save()
         self.standardiser, self.statistics = standardiser, statistics
+        self._training_files = [str(rows[s][name]) for s in training for name in dict.fromkeys(sections)]
         print(
             f"mr_ct: {len(training)} training subjects ({len(self.training_data)} slices), {len(validation)} "
             f"validation subjects; split in {self.settings.system.dataset_split_file}"
         )
+
+    def _check_inputs(self, rows: list[dict], context: str, tasks: Sequence[TaskSpec], keep: bool) -> tuple:
+        """Checks the MR and the `tasks`' reference files of `rows` (`mr_ct_checks.check_subjects`); returns the
+        volumes read (`keep`) and the scan cache, to be saved once the action's preparation succeeded."""
+        cache = ScanCache(self.model_dir / SCAN_CACHE_FILE)
+        roles = section_roles(self.image_section, tasks, foreground=bool(self.settings.network.normalisation))
+        context = f"{context} of {self.settings.config_path}"
+        return check_subjects(rows, roles, cache, context, keep=keep), cache
+
+    def training_files(self) -> list[str]:
+        """The files the normalisation and the training statistics are fitted on: the MR and reference files of the
+        training subjects (after `prepare`; for other actions read from the existing split file).
+
+        Example:
+
+        ```python
+        app.prepare(fit=True)
+        files_fingerprint(app.training_files(), base_dir=app.settings.config_dir)
+        ```
+        """
+        if self._training_files is None:
+            if not Path(self.settings.system.dataset_split_file).is_file():
+                self._prepared(None, "training_files")
+            sections = [self.image_section, *self.reference_sections]
+            rows = {str(row["subject"]): row for row in self.match_files(sections)}
+            training = self.training_subjects(self.split(list(rows)))
+            self._training_files = [str(rows[s][name]) for s in training for name in dict.fromkeys(sections)]
+        return list(self._training_files)
 
     def _fit_standardiser(self, training_mr: list[np.ndarray]) -> HistogramStandardisation | None:
         if not self.settings.network.normalisation:
@@ -427,6 +501,12 @@ class MRCTApplication(BaseApplication):
         dataset = order.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
+    def describe_batch(self, batch: int) -> str:
+        """The subjects and slices of training batch `batch`, e.g. "subj_003 slice 41, subj_000 slice 7"."""
+        data: SliceData = self._prepared(self.training_data, "describe_batch")
+        indices = batch_examples(len(data), self.seed, batch, self.batch_size)
+        return ", ".join(data.slice_source(index) for index in indices)
+
     def validation_dataset(self) -> tf.data.Dataset | None:
         """Validation slices in a fixed (seeded) order, centre-cropped to `patch_size` and padded to `padded_size`
         (masked), batched and repeated; None without validation subjects."""
@@ -460,7 +540,7 @@ class MRCTApplication(BaseApplication):
         batch_size = int(inference.batch_size)
         for row in rows:
             subject = str(row["subject"])
-            mr = load_nifti(row[self.image_section])
+            mr = load_volume(row[self.image_section])
             if mr.data.ndim != 3:
                 raise ValueError(
                     f"Subject '{subject}': [{self.image_section}] {mr.path} has shape {mr.data.shape}; expected a "
@@ -523,8 +603,7 @@ class MRCTApplication(BaseApplication):
         for task in self.tasks:
             for statistic, data, dtype in self._task_volumes(item, task, predictions):
                 path = self.output_dir / self.output_name(task.name, item.key, statistic)
-                with atomic_path(path, suffix=".nii.gz") as temporary:
-                    save_nifti(temporary, np.asarray(data).astype(dtype), reference=context.reference, dtype=dtype)
+                save_nifti(path, np.asarray(data).astype(dtype), reference=context.reference, dtype=dtype)  # atomic
                 written.append(path)
                 entry[f"{task.name}_{statistic}" if statistic else task.name] = str(path)
         self._inferred[item.key] = entry

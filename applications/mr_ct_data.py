@@ -57,9 +57,19 @@ class SliceData:
     images: np.ndarray
     targets: dict[str, np.ndarray]
     subjects: list[str]
+    slice_counts: list[int] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def slice_source(self, index: int) -> str:
+        """`"<subject> slice <k>"` for slice `index` (the subject alone when the counts are unknown)."""
+        start = 0
+        for subject, count in zip(self.subjects, self.slice_counts):
+            if index < start + count:
+                return f"{subject} slice {index - start}"
+            start += count
+        return f"slice {index}"
 
 
 @dataclasses.dataclass
@@ -113,8 +123,26 @@ def check_labels(volumes: Mapping[str, NiftiVolume], subject: str, segmentation_
             )
 
 
+def load_volume(path: str) -> NiftiVolume:
+    """`load_nifti` of a volume `[X, Y, Z]`: a trailing 4th axis of size 1 (`[X, Y, Z, 1]`) is dropped.
+
+    Example:
+
+    ```python
+    mr = load_volume("data/MR/subj_000_mr.nii.gz")  # data [X, Y, Z] float32
+    ```
+    """
+    volume = load_nifti(path)
+    if volume.data.ndim == 4 and volume.data.shape[3] == 1:
+        volume.data = volume.data[..., 0]
+    return volume
+
+
 def load_subject(
-    row: Mapping[str, str | None], sections: Sequence[str], segmentation_tasks: Sequence[TaskSpec]
+    row: Mapping[str, str | None],
+    sections: Sequence[str],
+    segmentation_tasks: Sequence[TaskSpec],
+    loaded: Mapping[str, NiftiVolume] | None = None,
 ) -> dict[str, NiftiVolume]:
     """Loads the volumes of one subject (`row` from `match_subjects`) and checks their geometry and labels.
 
@@ -122,6 +150,7 @@ def load_subject(
         row: `{"subject": id, section: path, ...}`.
         sections: the input sections to load (the MR first, then the references; repeats are loaded once).
         segmentation_tasks: the tasks whose reference must hold labels.
+        loaded: `{path: NiftiVolume}` already read (by the input checks); other files are read with `load_volume`.
 
     Returns:
         `{section: NiftiVolume}`.
@@ -136,7 +165,11 @@ def load_subject(
     ```
     """
     subject = str(row["subject"])
-    volumes = {name: load_nifti(row[name]) for name in dict.fromkeys(sections)}
+    loaded = loaded or {}
+    volumes = {}
+    for name in dict.fromkeys(sections):
+        path = str(row[name])
+        volumes[name] = loaded[path] if path in loaded else load_volume(path)
     check_same_geometry(volumes, subject)
     check_labels(volumes, subject, segmentation_tasks)
     return volumes
@@ -189,6 +222,7 @@ def stack_slices(
         np.concatenate(images).astype(np.float32),
         {name: np.concatenate(parts)[..., None].astype(np.float32) for name, parts in targets.items()},
         list(subjects),
+        [int(image.shape[0]) for image in images],
     )
 
 

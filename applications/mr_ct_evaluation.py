@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +30,8 @@ import numpy as np
 from sfg_keras.config import TaskSpec
 from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr, write_metrics_csv
 from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
+
+from .mr_ct_data import load_volume
 
 if TYPE_CHECKING:
     from .mr_ct import MRCTApplication
@@ -72,7 +77,7 @@ class _Subject:
     def __init__(self, subject: str, predicted: Mapping[str, str], references: Mapping[str, str]):
         self.subject = subject
         self.predicted = predicted
-        self.references: dict[str, NiftiVolume] = {name: load_nifti(path) for name, path in references.items()}
+        self.references: dict[str, NiftiVolume] = {name: load_volume(path) for name, path in references.items()}
         check_same_geometry(self.references, subject)
 
     def reference(self, task: TaskSpec) -> np.ndarray:
@@ -217,6 +222,37 @@ def summary_text(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def write_metrics_atomically(rows: Sequence[Mapping], path: Path) -> tuple[Path, Path]:
+    """`write_metrics_csv` into a hidden temporary folder next to `path`, then each CSV renamed into place.
+
+    A failed write raises an `OSError` naming the file and leaves neither CSV half-written (the temporary folder is
+    removed).
+
+    Example:
+
+    ```python
+    write_metrics_atomically([{"subject": "s1", "mae": 40.0}], Path("model/evaluation/mr_ct_metrics.csv"))
+    ```
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:
+        raise OSError(error.errno, f"Cannot write {path}: {error.strerror or error}") from error
+    target = path
+    try:
+        temporary = write_metrics_csv(rows, folder / path.name)
+        targets = (path, path.with_name(temporary[1].name))
+        for source, target in zip(temporary, targets):
+            os.replace(source, target)
+        return targets
+    except OSError as error:
+        raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}") from error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def evaluate(app: MRCTApplication, statistics: Mapping) -> list[Path]:
     """Per-subject metrics of the inferred volumes against the references, and their summary.
 
@@ -253,6 +289,6 @@ def evaluate(app: MRCTApplication, statistics: Mapping) -> list[Path]:
         paths = {name: references[subject][name] for name in sections}
         rows.append(evaluate_subject(app, subject, entry, paths, statistics))
     rows = select_metrics(app, rows)
-    written = write_metrics_csv(rows, app.evaluation_dir / METRICS_FILE)
+    written = write_metrics_atomically(rows, app.evaluation_dir / METRICS_FILE)
     print(summary_text(rows))
     return list(written)

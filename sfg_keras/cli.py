@@ -28,6 +28,7 @@ examples:
   sfg_run evaluation -c configs/demo_mr_ct.ini
   sfg_run analyse -c configs/demo_mr_ct.ini
   sfg_run export -c configs/demo_mr_ct.ini
+  sfg_run export -c configs/demo_mr_ct.ini --export_seed=7     (every load of the MC signature replays one stream)
   sfg_run train -c my.ini -a my_package.my_module.MyApplication
   sfg_run generate-data pelvis -o data/pelvis --num 10
   sfg_run demo
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "train": "train (starting_iter = -1 resumes from the latest checkpoint)",
         "inference": "Monte-Carlo (or MAP) inference with a checkpoint; writes predictions",
         "evaluation": "compare the inferred outputs with the references; writes CSV tables",
-        "export": "versioned SavedModels for TensorFlow Serving, a .keras file and the compact MAP model",
+        "export": "versioned SavedModels for TF Serving (raw inputs; export_seed), .keras files, the compact MAP model",
         "analyse": "PNG plots and CSV/JSON summaries of the learned grouping",
     }
     for action in ACTIONS:
@@ -107,7 +108,7 @@ def run_action(action: str, config: str, app: str | None = None, overrides: list
         )
     application_class = load_application(app_name)
     settings = load_settings(config, overrides or [], action=action, extra_sections=application_class.APP_SECTIONS)
-    _CURRENT_MODEL_DIR[:] = [settings.system.model_dir]
+    _CURRENT_MODEL_DIR[:] = [] if _is_other_worker(settings) else [settings.system.model_dir]
     print(f"[sfg_run] {action} with {application_class.__name__} (model_dir {settings.system.model_dir})")
     from sfg_keras.engine.driver import Driver
 
@@ -209,6 +210,19 @@ def config_markdown() -> str:
     return dump_schema_markdown(extra)
 
 
+def _import_keras_without_sklearn() -> None:
+    """Imports Keras without its scikit-learn wrappers, which import scikit-learn when it is installed (about 1.5 s
+    of every `sfg_run` start; nilearn pulls it in, and sfg_run never uses it). A later `import sklearn` works."""
+    if "keras" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # `import sklearn` raises ImportError, which Keras' wrappers tolerate
+    try:
+        import keras  # noqa: F401
+    finally:
+        if sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
+
+
 def _import_tensorflow_quietly() -> None:
     """Imports TensorFlow and finds its devices with the C++ start-up logs (absl's pre-initialisation messages,
     oneDNN and CUDA probing) silenced, unless the user set `TF_CPP_MIN_LOG_LEVEL` to see them. Python errors still
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     if args.action in (*ACTIONS, "demo"):
         _import_tensorflow_quietly()
+        _import_keras_without_sklearn()
     try:
         if args.action == "config-help":
             print(config_markdown())
@@ -266,6 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sfg_run: unexpected error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
               f" (full traceback in {log}; run with --debug to print it)", file=sys.stderr)
         return 1
+
+
+def _is_other_worker(settings) -> bool:
+    """Whether this process is a non-chief worker of a multi-worker `train` (it writes nothing in model_dir, its
+    error log included)."""
+    if settings.action != "train" or settings.system.distribute != "multi_worker":
+        return False
+    from sfg_keras.engine.multi_worker import parse_tf_config
+
+    try:
+        return not parse_tf_config().is_chief
+    except ValueError:
+        return False  # the driver reports the bad TF_CONFIG
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

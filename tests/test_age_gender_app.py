@@ -151,7 +151,8 @@ def prepared(faces):
 
 def test_prepare_writes_the_split_and_training_statistics_atomically(faces, prepared):
     model_dir = prepared["model_dir"]
-    assert sorted(p.name for p in model_dir.iterdir()) == ["dataset_split.csv", "image_statistics.json"]
+    written = sorted(p.name for p in model_dir.iterdir())
+    assert written == [".input_scans.json", "dataset_split.csv", "image_statistics.json"]
     assert prepared["output"].count(f"skipped {NUM_MALFORMED} files whose names do not follow") == 1
 
     split = read_split(model_dir)
@@ -190,7 +191,8 @@ def test_prepare_fit_replaces_statistics_through_an_atomic_write(faces, monkeypa
     run_quietly(make_app(config).prepare, fit=True)
     assert writes == [path]
     assert json.loads(path.read_text())["image_size"] == [32, 32]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["dataset_split.csv", "image_statistics.json"]
+    written = sorted(p.name for p in path.parent.iterdir())
+    assert written == [".input_scans.json", "dataset_split.csv", "image_statistics.json"]
 
     app = make_app(config, "inference")
     run_quietly(app.prepare, fit=False)

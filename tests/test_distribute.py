@@ -45,10 +45,21 @@ _SCRIPT = textwrap.dedent(
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
     history = model.fit(dataset, epochs=1, verbose=0)
     predicted = model.predict(x, batch_size=8, verbose=0)
+    iterations = int(model.optimizer.iterations.numpy())
+    temperatures = [float(layer.temperature.numpy()) for layer in model.sfg_layers]
+    # A batch with a NaN pixel on one replica: no weight, slot or moving statistic moves on any replica.
+    def state():
+        return [v.numpy().copy() for v in model.weights + model.optimizer.variables
+                if v.name not in ("temperature", "seed_generator_state", "iteration")]
+    before, bad = state(), x[:8].copy()
+    bad[6, 1, 1, 0] = np.nan
+    nan_history = model.fit(tf.data.Dataset.from_tensor_slices((bad, {k: v[:8] for k, v in y.items()})).batch(8),
+                            epochs=1, verbose=0)
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, state()))
     print("RESULT " + json.dumps({
         "replicas": strategy.num_replicas_in_sync,
-        "iterations": int(model.optimizer.iterations.numpy()),
-        "temperatures": [float(layer.temperature.numpy()) for layer in model.sfg_layers],
+        "iterations": iterations,
+        "temperatures": temperatures,
         "expected_temperature": schedule.value(3),
         "loss": history.history["loss"],
         "terms": [history.history[k][0] for k in ("data_loss", "weight_term", "entropy_term")],
@@ -56,6 +67,8 @@ _SCRIPT = textwrap.dedent(
         "p": {k: v.tolist() for k, v in model.grouping_probabilities().items()},
         "shapes": {k: list(v.shape) for k, v in predicted.items()},
         "finite": bool(all(np.all(np.isfinite(v)) for v in predicted.values())),
+        "nan_step": {"unchanged": unchanged, "flag": nan_history.history["non_finite_step"][0],
+                     "iterations": int(model.optimizer.iterations.numpy())},
     }))
     """
 )
@@ -84,3 +97,4 @@ def test_mirrored_strategy_fit_on_two_logical_cpus(tmp_path):
     assert result["shapes"] == {"a": [32, 1], "b": [32, 2]}
     assert result["finite"]
     assert any(p != result["p0"][name] for name, p in result["p"].items())  # p trained across replicas
+    assert result["nan_step"] == {"unchanged": True, "flag": 1.0, "iterations": 5}

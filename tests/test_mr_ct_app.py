@@ -166,7 +166,7 @@ def _copy_model_dir(prepared, tmp_path: Path) -> Path:
 def test_prepare_fit_writes_split_histogram_and_training_statistics(prepared, cohort):
     model_dir, app = prepared["model_dir"], prepared["app"]
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "dataset_split.csv", "histogram_ref_file.txt", "training_statistics.json"
+        ".input_scans.json", "dataset_split.csv", "histogram_ref_file.txt", "training_statistics.json"
     ]
     split = _split(model_dir)
     assert sorted(split) == [f"subj_{i:03d}" for i in range(5)]
@@ -200,7 +200,8 @@ def test_prepare_fit_replaces_existing_normalisation_files(prepared, tmp_path):
     _app(prepared["config"], overrides=[f"--model_dir={model_dir}"]).prepare(fit=True)
     for name in ("histogram_ref_file.txt", "training_statistics.json"):
         assert _digest(model_dir / name) == _digest(prepared["model_dir"] / name)
-    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    hidden = [p.name for p in model_dir.iterdir() if p.name.startswith(".") and p.name != ".input_scans.json"]
+    assert not hidden, "temporary files left behind"
 
 
 def test_prepare_without_fit_loads_the_saved_normalisation_unchanged(prepared, tmp_path):

@@ -358,7 +358,9 @@ SYSTEM_SCHEMA = section_schema(
             "distribute",
             "choice",
             "none",
-            "Distribution strategy: none, MirroredStrategy (GPUs of one machine) or MultiWorkerMirroredStrategy.",
+            "Distribution strategy: none, mirrored (MirroredStrategy over the GPUs of one machine) or multi_worker "
+            "(training on several machines with MultiWorkerMirroredStrategy, from the TF_CONFIG environment "
+            "variable; the chief writes model_dir).",
             choices=("none", "mirrored", "multi_worker"),
         ),
         K(
@@ -481,6 +483,14 @@ TRAINING_SCHEMA = section_schema(
         ),
         K("save_every_n", "int", 500, "Steps between checkpoints.", minimum=1),
         K(
+            "non_finite",
+            "choice",
+            "stop",
+            "A step whose loss or gradients are NaN/inf is never applied; then stop (naming the step and its files) "
+            "or skip the batch and count it.",
+            choices=("stop", "skip"),
+        ),
+        K(
             "validation_every_n",
             "int",
             -1,
@@ -583,6 +593,15 @@ INFERENCE_SCHEMA = section_schema(
             minimum=0,
         ),
         K("batch_size", "int", 0, "Windows per prediction batch (0 = [NETWORK] batch_size).", minimum=0),
+        K(
+            "export_seed",
+            "int",
+            -1,
+            "Seed of the exported Monte-Carlo signature: -1 = a fresh random stream per load of the SavedModel; "
+            "N = every load replays the same stream.",
+            minimum=0,
+            special_values=(-1,),
+        ),
     ],
     "INFERENCE",
 )

@@ -212,6 +212,7 @@ class TrainingSettings(SectionSettings):
     max_iter: int
     starting_iter: int
     save_every_n: int
+    non_finite: str
     validation_every_n: int
     validation_max_iter: int
     tensorboard_every_n: int
@@ -238,6 +239,7 @@ class InferenceSettings(SectionSettings):
     spatial_window_size: tuple[int, ...]
     border: tuple[int, ...]
     batch_size: int
+    export_seed: int
 
 
 class EvaluationSettings(SectionSettings):

@@ -27,6 +27,7 @@ _EXPORTS = {
     "padded_size": "slices",
     "pad_slices_to": "slices",
     "crop_slices_from": "slices",
+    "batch_examples": "sampler",
     "example_order": "sampler",
 }
 

@@ -47,3 +47,19 @@ def example_order(num_examples: int, seed: int, first_position: int = 0) -> tf.d
 
     epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch)
     return epochs.skip(offset)
+
+
+def batch_examples(num_examples: int, seed: int, batch: int, batch_size: int) -> list[int]:
+    """The example indices of training batch `batch` under `example_order` (for messages naming a batch's files).
+
+    Example:
+
+    ```python
+    [paths[i] for i in batch_examples(len(paths), seed=1, batch=41, batch_size=8)]
+    ```
+    """
+    if int(batch) < 0 or int(batch_size) < 1:
+        raise ValueError(f"`batch` must be >= 0 and `batch_size` >= 1. Received: batch={batch!r}, "
+                         f"batch_size={batch_size!r}")
+    order = example_order(num_examples, seed, first_position=int(batch) * int(batch_size)).take(int(batch_size))
+    return [int(index) for _, index in order.as_numpy_iterator()]

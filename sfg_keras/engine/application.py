@@ -16,7 +16,7 @@ The driver calls the hooks in this order:
    mode and hands the predictions (the schema of `sfg_keras.inference.predict`) to `write_outputs`; then
    `finish_inference(written)`.
 5. Evaluation: `evaluate()`.
-6. Export: `export_input_shape()`.
+6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside the SavedModel).
 
 Example:
 
@@ -42,8 +42,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sfg_keras.config import ConfigError, Settings, TaskSpec
+
+if TYPE_CHECKING:
+    from sfg_keras.export import ServingPreprocessor
 
 #: `[INFERENCE] dataset_to_infer` choice -> phase of the split ("" = the Inference split; `all` = every subject).
 PHASE_OF_DATASET = {"": "Inference", "inference": "Inference", "training": "Training", "validation": "Validation"}
@@ -186,8 +190,30 @@ class BaseApplication:
         raise ConfigError(f"{type(self).__name__} does not define input_shape().")
 
     def export_input_shape(self) -> tuple[int | None, ...]:
-        """Input shape of the exported signatures (without batch); spatial sizes may be None."""
+        """Network input shape of the exported signatures (without batch); spatial sizes may be None."""
         return self.input_shape()
+
+    def serving_preprocessor(self) -> ServingPreprocessor | None:
+        """How an exported SavedModel turns a raw request into the network input, or None (requests are already
+        normalised network inputs).
+
+        Build it from the normalisation saved at training time (read the files here: `prepare` is not called by
+        export) as graph ops with constants, so that every exported signature reproduces the application's own
+        input pipeline: a request then holds the input as a user has it (decoded pixels, MR intensities).
+
+        Returns:
+            A `sfg_keras.export.ServingPreprocessor`, or None.
+
+        Example:
+
+        ```python
+        def serving_preprocessor(self):
+            mean, std = self.load_statistics()
+            return ServingPreprocessor(lambda images: (images - mean) / std, input_shape=(64, 64, 1),
+                                       description="grey pixels 0..255, [N, 64, 64, 1]")
+        ```
+        """
+        return None
 
     def training_dataset(self, first_batch: int):
         """Infinite, batched `tf.data.Dataset` of `(images, {task: target})` starting at batch `first_batch`.
@@ -204,6 +230,16 @@ class BaseApplication:
     def regression_scale(self, task: TaskSpec) -> float:
         """Factor from the network's regression target to the reported unit (e.g. 100 for age / 100)."""
         return 1.0
+
+    def describe_batch(self, batch: int) -> str:
+        """What training batch `batch` (0-based, as in `training_dataset`) holds, e.g. its files, for messages about
+        a bad step; "" when unknown."""
+        return ""
+
+    def training_files(self) -> list[str]:
+        """The files the normalisation and training statistics were fitted on (after `prepare`); a resume compares
+        their fingerprint with the one recorded at the start. Empty when the application fits nothing."""
+        return []
 
     # === Inference and evaluation ===
 

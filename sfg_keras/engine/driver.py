@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import math
 import os
 import shutil
@@ -29,15 +30,19 @@ import keras
 import tensorflow as tf
 
 from sfg_keras.config import ConfigError, write_settings
+from sfg_keras.engine import multi_worker
 from sfg_keras.engine.application import BaseApplication
-from sfg_keras.engine.lock import ModelDirLock
+from sfg_keras.engine.lock import ModelDirLock, check_model_dir
 from sfg_keras.engine.run_record import check_resume, read_record, write_record
-from sfg_keras.io.atomic import atomic_write_json
+from sfg_keras.io.atomic import atomic_write_bytes, atomic_write_json
+from sfg_keras.io.input_checks import SCAN_CACHE_FILE, files_fingerprint, fingerprint_changes
 from sfg_keras.layers import BatchStatisticsNormalization
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, NetworkOptions, SFGNetwork, TaskHead, build_network
 from sfg_keras.training.checkpoints import PeriodicCheckpoint, find_checkpoint
+
+TRAINING_FILES_FILE = "training_files.json"  # the fingerprint of the files the normalisation was fitted on
 
 OPTIMIZERS = {
     "adam": lambda lr: keras.optimizers.Adam(lr),
@@ -71,9 +76,12 @@ def _import_dotted(path: str, what: str):
 
 
 @contextlib.contextmanager
-def _remove_created_on_failure(folders: list[Path], files: list[Path]):
-    """Removes the files and folders created inside the block (under `folders`, or in `files`) if it raises;
-    never touches what existed before it."""
+def _remove_created_on_failure(folders: list[Path], files: list[Path], restored: list[Path] = ()):
+    """Removes the files and folders created inside the block (under `folders`, or in `files`) if it raises, and
+    puts back the content of the `restored` files (caches the block may rewrite); never touches anything else that
+    existed before it."""
+    contents = {path: path.read_bytes() for path in restored if path.is_file()}
+
     def snapshot():
         found = {path for path in files if path.exists()}
         for folder in folders:
@@ -92,6 +100,9 @@ def _remove_created_on_failure(folders: list[Path], files: list[Path]):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+        for path, content in contents.items():
+            if not path.is_file() or path.read_bytes() != content:
+                atomic_write_bytes(path, content)
         raise
 
 
@@ -115,6 +126,8 @@ class Driver:
         self.settings = application.settings
         self.tasks = application.tasks
         self.model_dir = Path(self.settings.system.model_dir)
+        self.worker: multi_worker.WorkerRole | None = None  # this process's role in a multi-worker run
+        self._strategy: tf.distribute.Strategy | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -135,7 +148,12 @@ class Driver:
     # === Runtime ===
 
     def configure_runtime(self) -> None:
-        """Applies `[SYSTEM]` runtime settings: seed, threads, visible GPUs, mixed precision."""
+        """Applies `[SYSTEM]` runtime settings: seed, threads, visible GPUs, mixed precision; for training with
+        `distribute = multi_worker`, reads `TF_CONFIG` and creates the strategy (it must precede any other op).
+
+        Raises:
+            ConfigError: `distribute = multi_worker` for training without a valid `TF_CONFIG`.
+        """
         system = self.settings.system
         keras.utils.set_random_seed(int(system.seed))
         if system.num_threads > 0:
@@ -151,20 +169,36 @@ class Driver:
                 tf.config.set_visible_devices([g for i, g in enumerate(gpus) if i in wanted], "GPU")
             except RuntimeError:
                 pass  # devices already initialised in this process: CUDA_VISIBLE_DEVICES must be set before start
+        if system.distribute == "multi_worker" and self.settings.action == "train":
+            multi_worker.configure_threads(system.num_threads)
+            self.strategy()
         policy = system.mixed_precision
         keras.config.set_dtype_policy("float32" if policy == "none" else policy)
 
     def strategy(self) -> tf.distribute.Strategy:
-        """The `[SYSTEM] distribute` strategy."""
-        mode = self.settings.system.distribute
-        if mode == "mirrored":
-            return tf.distribute.MirroredStrategy()
-        if mode == "multi_worker":
-            raise ConfigError(
-                f"{self.settings.config_path}: [SYSTEM] distribute = multi_worker: Keras 3.15's model.fit fails under "
-                "MultiWorkerMirroredStrategy (keras-team/keras#20329); use 'mirrored' on one machine."
-            )
-        return tf.distribute.get_strategy()
+        """The `[SYSTEM] distribute` strategy (created once per driver).
+
+        `multi_worker` (training only) is the `MultiWorkerMirroredStrategy` of `TF_CONFIG`, created by
+        `configure_runtime` (see `sfg_keras.engine.multi_worker`); other actions run on this machine alone.
+        """
+        if self._strategy is None:
+            mode = self.settings.system.distribute
+            if mode == "multi_worker" and self.settings.action == "train":
+                try:
+                    self.worker = multi_worker.parse_tf_config()
+                except ConfigError as error:
+                    raise ConfigError(f"{self.settings.config_path}: {error}") from None
+                self._strategy = multi_worker.create_strategy()
+            elif mode == "mirrored":
+                self._strategy = tf.distribute.MirroredStrategy()
+            else:
+                return tf.distribute.get_strategy()
+        return self._strategy
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes `model_dir`: always, except on the non-chief workers of a multi-worker run."""
+        return self.worker is None or self.worker.is_chief
 
     # === Model ===
 
@@ -246,8 +280,7 @@ class Driver:
         """
         self.configure_runtime()
         training = self.settings.training
-        if self.model_dir.exists() and not self.model_dir.is_dir():
-            raise NotADirectoryError(f"[SYSTEM] model_dir {self.model_dir} is a file; expected a folder.")
+        check_model_dir(self.model_dir)
         existing = find_checkpoint(self.checkpoint_dir, -1)
         if training.starting_iter == 0 and existing is not None:
             raise FileExistsError(
@@ -260,13 +293,54 @@ class Driver:
         elif training.starting_iter > 0:
             find_checkpoint(self.checkpoint_dir, int(training.starting_iter))  # raises, listing what exists
         applied = check_resume(read_record(self.model_dir), self.settings, resume_from) if resume_from else []
-        with ModelDirLock(self.model_dir, action="train"):
-            with _remove_created_on_failure([self.model_dir], [Path(self.settings.system.dataset_split_file)]):
+        if not self.is_chief:  # a multi-worker run's other workers write nothing in model_dir
+            return self._train_non_chief(resume_from, applied)
+        with ModelDirLock(self.model_dir, action="train"), multi_worker.stop_on_lost_peers(self.worker):
+            with _remove_created_on_failure([self.model_dir], [Path(self.settings.system.dataset_split_file)],
+                                            restored=[self.model_dir / SCAN_CACHE_FILE]):
                 model, start = self._set_up_training(resume_from, applied)
-            return self._fit(model, start)
+            return self._report_worker(self._fit(model, start))
+
+    # === Several machines (`[SYSTEM] distribute = multi_worker`, see sfg_keras.engine.multi_worker) ===
+
+    def _prepare_application(self, fit: bool) -> None:
+        """`application.prepare(fit)`; in a multi-worker run the chief prepares (and writes the split and the
+        normalisation) first, and the other workers then load what it wrote."""
+        if self.worker is None:
+            self.application.prepare(fit=fit)
+            return
+        if self.is_chief:
+            self.application.prepare(fit=fit)
+        multi_worker.barrier(self.strategy())
+        if not self.is_chief:
+            self.application.prepare(fit=False)
+
+    def _train_non_chief(self, resume_from: Path | None, applied: list[tuple]) -> SFGNetwork:
+        """Training on a non-chief worker: the same steps and callbacks as the chief (their collective reads must
+        match), with everything they write redirected to a temporary folder removed at the end."""
+        shared_model_dir = self.model_dir
+        with multi_worker.stop_on_lost_peers(self.worker):
+            model, start = self._set_up_training(resume_from, applied)
+            with multi_worker.scratch_dir(self.worker) as scratch:
+                self.model_dir = scratch
+                try:
+                    model = self._fit(model, start)
+                finally:
+                    self.model_dir = shared_model_dir
+        return self._report_worker(model)
+
+    def _worker_callbacks(self) -> list[keras.callbacks.Callback]:
+        """Run before the other callbacks in a multi-worker run: the moving statistics averaged over the replicas."""
+        return [] if self.worker is None else [multi_worker.SyncMovingStatistics(self.strategy())]
+
+    def _report_worker(self, model: SFGNetwork) -> SFGNetwork:
+        if self.worker is not None:
+            print(f"[sfg_run] {self.worker.name} of {self.worker.num_workers}: final weights "
+                  f"{multi_worker.weights_digest(model)}", flush=True)
+        return model
 
     def _set_up_training(self, resume_from: Path | None, applied: list[tuple]) -> tuple[SFGNetwork, int]:
-        self.application.prepare(fit=resume_from is None)
+        self._prepare_application(fit=resume_from is None)
         with self.strategy().scope():
             if resume_from is None:
                 model, start = self.build_model(), 0
@@ -274,19 +348,48 @@ class Driver:
             else:
                 model, start = self.load_checkpoint(int(resume_from.stem[6:]))
                 self._resume(model, applied)
-        write_settings(self.settings)
-        write_record(self.settings, self.model_dir)
-        self.write_run_info(model)
+        training_files = self._check_training_files(resume_from is not None)
+        if self.is_chief:
+            write_settings(self.settings)
+            write_record(self.settings, self.model_dir)
+            if training_files is not None:
+                atomic_write_json(self.model_dir / TRAINING_FILES_FILE, training_files)
+            self.write_run_info(model)
         return model, start
 
+    def _check_training_files(self, resuming: bool) -> dict | None:
+        """The fingerprint of `application.training_files()`; on resume, refuses a training set that changed since
+        the normalisation was fitted (compared with `model_dir/training_files.json`, when recorded)."""
+        files = self.application.training_files()
+        if not files:
+            return None
+        current = files_fingerprint(files, base_dir=self.settings.config_dir)
+        recorded_path = self.model_dir / TRAINING_FILES_FILE
+        if resuming and recorded_path.is_file():
+            recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+            changes = fingerprint_changes(recorded, current)
+            if changes:
+                listed = "\n".join(f"  - {change}" for change in changes[:20])
+                more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
+                raise ConfigError(
+                    f"{self.settings.config_path}: the training files changed since this model's normalisation was "
+                    f"fitted (recorded in {recorded_path}); resuming would use statistics of other data. Restore "
+                    f"the files, or train from scratch in a new [SYSTEM] model_dir:\n{listed}{more}"
+                )
+        return current
+
     def training_callbacks(self, model: SFGNetwork, validation) -> list[keras.callbacks.Callback]:
-        """Checkpoints, the run monitor (progress, scalars, validation) and the grouping logger."""
+        """The non-finite guard, checkpoints, the run monitor (progress, scalars, validation) and the grouping
+        logger."""
         from sfg_keras.training.grouping_logger import GroupingLogger
         from sfg_keras.training.monitor import TrainingMonitor
+        from sfg_keras.training.non_finite_guard import NonFiniteGuard
 
         training = self.settings.training
         summaries = int(training.tensorboard_every_n)
         callbacks = [
+            # First: a non-finite step stops the run before any checkpoint callback sees it.
+            NonFiniteGuard(training.non_finite, describe_batch=lambda step: self.application.describe_batch(step - 1)),
             PeriodicCheckpoint(self.checkpoint_dir, training.save_every_n, training.max_checkpoints),
             TrainingMonitor(
                 int(training.max_iter),
@@ -311,12 +414,14 @@ class Driver:
             return model
         validation = self.application.validation_dataset() if training.validation_every_n > 0 else None
         dataset = self.application.training_dataset(first_batch=start)
+        if self.worker is not None:
+            dataset, validation = multi_worker.shard_by_data(dataset), multi_worker.shard_by_data(validation)
         print(f"[sfg_run] training iterations {start + 1}..{max_iter}", flush=True)
         model.fit(
             dataset,
             steps_per_epoch=max_iter - start,
             epochs=1,
-            callbacks=self.training_callbacks(model, validation),
+            callbacks=self._worker_callbacks() + self.training_callbacks(model, validation),
             shuffle=False,  # the datasets order themselves (sfg_keras.data.example_order)
             verbose=0,
         )
@@ -375,26 +480,32 @@ class Driver:
         return written
 
     def export(self) -> dict:
-        """Exports the inference checkpoint as versioned SavedModels (MC, MAP and expected signatures), a `.keras`
-        file and the compact MAP model, under `model_dir/export/`."""
-        from sfg_keras.export import export_model
+        """Exports the inference checkpoint as the next version under `model_dir/export/`: SavedModels (MC, MAP and
+        expected signatures; the compact MAP model) that take the application's raw input and normalise it inside
+        the graph (`BaseApplication.serving_preprocessor`), and the versioned `.keras` files. `[INFERENCE]
+        export_seed` fixes the Monte-Carlo stream (-1: a fresh stream per load)."""
+        from sfg_keras.export import export_model, next_version
 
         self.configure_runtime()
-        model, iteration = self.load_checkpoint(int(self.settings.inference.inference_iter))
+        inference = self.settings.inference
+        model, iteration = self.load_checkpoint(int(inference.inference_iter))
+        preprocessor = self.application.serving_preprocessor()
         write_settings(self.settings)
         export_dir = self.model_dir / "export"
-        version = 1
-        while (export_dir / "sfg" / str(version)).exists():
-            version += 1
+        version = next_version(export_dir, "sfg")
+        seed = int(inference.export_seed)
         written = export_model(
             model,
             export_dir,
             name="sfg",
             version=version,
-            num_samples=int(self.settings.inference.num_samples),
+            num_samples=int(inference.num_samples),
             input_shape=(None, *self.application.export_input_shape()),
+            preprocessor=preprocessor,
+            seed=None if seed < 0 else seed,
         )
-        print(f"Exported iteration {iteration} as version {version} to {export_dir}")
+        request = preprocessor.description if preprocessor is not None else "normalised network inputs"
+        print(f"Exported iteration {iteration} as version {version} to {export_dir}; a request holds {request}")
         return written
 
     def analyse(self) -> dict:

@@ -18,6 +18,27 @@ from pathlib import Path
 LOCK_FILE = ".sfg_run.lock"
 
 
+
+def check_model_dir(model_dir: str | os.PathLike) -> None:
+    """Raises `NotADirectoryError` when `model_dir` exists and is not a folder.
+
+    Example:
+
+    ```python
+    check_model_dir("runs/age_gender")
+    ```
+    """
+    path = Path(model_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"[SYSTEM] model_dir {path} is a file; expected a folder.")
+
+
+def _not_writable(model_dir: Path, error: OSError) -> PermissionError:
+    return PermissionError(
+        error.errno, f"[SYSTEM] model_dir {model_dir} cannot be created or written ({error.strerror or error}); "
+        "expected a folder you can write to (a read-only location, or a missing permission?)"
+    )
+
 class ModelDirLockedError(RuntimeError):
     """Raised when another live run holds the `model_dir` lock."""
 
@@ -71,10 +92,12 @@ class ModelDirLock:
 
     def acquire(self) -> None:
         """Takes the lock (see the class docstring)."""
-        if self.model_dir.exists() and not self.model_dir.is_dir():
-            raise NotADirectoryError(f"[SYSTEM] model_dir {self.model_dir} is a file; expected a folder.")
+        check_model_dir(self.model_dir)
         if not self.model_dir.exists():
-            self.model_dir.mkdir(parents=True)
+            try:
+                self.model_dir.mkdir(parents=True)
+            except OSError as error:
+                raise _not_writable(self.model_dir, error) from error
             self.created_dir = True
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "action": self.action,
                              "started": time.time()})
@@ -97,6 +120,8 @@ class ModelDirLock:
                     f"(lock file {self.path}). Wait for it to finish, or choose another [SYSTEM] model_dir; delete "
                     "the lock file only if that run is gone."
                 ) from None
+            except OSError as error:
+                raise _not_writable(self.model_dir, error) from error
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(record)
             self._held = True

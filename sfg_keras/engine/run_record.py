@@ -26,7 +26,7 @@ _IGNORED = {("SYSTEM", "model_dir"), ("TRAINING", "starting_iter"), ("SFG", "rec
 APPLIED_ON_RESUME = {
     "SYSTEM": {"num_threads", "distribute", "jit_compile", "cuda_devices"},
     "TRAINING": {"optimiser", "lr", "max_iter", "save_every_n", "validation_every_n", "validation_max_iter",
-                 "tensorboard_every_n", "max_checkpoints", "steps_per_execution"},
+                 "tensorboard_every_n", "max_checkpoints", "steps_per_execution", "non_finite"},
     "NETWORK": {"batch_norm"},
     "SFG": {"tau0", "tau_decay", "tau_decay_until", "tau_min", "sampling_warmup"},
 }

@@ -1,6 +1,6 @@
 """File input/output: NIfTI volumes and NiftyNet-style input sections."""
 
-from sfg_keras.io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from sfg_keras.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from sfg_keras.io.file_matching import (
     InputSection,
     match_section,
@@ -13,6 +13,7 @@ from sfg_keras.io.nifti import NiftiVolume, check_same_geometry, load_nifti, sav
 __all__ = [
     "InputSection",
     "atomic_path",
+    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "NiftiVolume",

@@ -10,6 +10,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from sfg_keras.io.atomic import atomic_path
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-4
 
@@ -129,7 +131,8 @@ def save_nifti(
     The header is a copy of `reference.header` (so sform/qform codes, voxel sizes, units and descriptions carry over);
     its data shape and data type are updated to match `data`, its sform and qform are set to the affine, and any
     intensity scaling of the reference is dropped.
-    Parent folders are created.
+    Parent folders are created. The file is written atomically (a temporary file renamed over `path`): a failed
+    write raises an `OSError` naming `path` and leaves no partial file.
 
     Args:
         path: str or `Path`. Output file; must end with `.nii` or `.nii.gz`.
@@ -188,8 +191,9 @@ def save_nifti(
 
     image = nib.Nifti1Image(data, affine, header=header)
     image.set_data_dtype(out_dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as temporary:
+        nib.save(image, str(temporary))
     return path
 
 

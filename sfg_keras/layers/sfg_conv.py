@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 from keras import ops
 
 from sfg_keras import groups
@@ -18,6 +17,14 @@ from sfg_keras.layers.stream_merge import merge_streams, projection_weights
 
 _SAMPLING = ("per_example", "per_batch")
 _MERGE = ("sum", "concat")
+
+
+def _distributions():
+    """`tfp.distributions`, imported on first use: TensorFlow Probability adds about a second to every start of
+    `sfg_run` (and of every process that only loads or serves a model)."""
+    import tensorflow_probability as tfp
+
+    return tfp.distributions
 
 
 def _as_tuple(value, rank: int, name: str) -> tuple[int, ...]:
@@ -494,7 +501,7 @@ class SFGConv(keras.layers.Layer):
         probs = self.probabilities()
         if self.hard or self.is_fixed:
             return probs
-        distribution = tfp.distributions.RelaxedOneHotCategorical(
+        distribution = _distributions().RelaxedOneHotCategorical(
             temperature=ops.cast(self.temperature, "float32"), probs=probs
         )
         return ops.mean(distribution.sample([num_draws], seed=ops.convert_to_tensor([20191027, 2], "int32")), axis=0)
@@ -525,7 +532,7 @@ class SFGConv(keras.layers.Layer):
         probs = self.probabilities()
         num_samples = current_num_samples()
         sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
-        distribution = tfp.distributions.RelaxedOneHotCategorical(
+        distribution = _distributions().RelaxedOneHotCategorical(
             temperature=ops.cast(self.temperature, "float32"), probs=probs
         )
         relaxed = distribution.sample(sample_shape, seed=self._next_seed())

@@ -18,6 +18,12 @@ from sfg_keras.layers.temperature_schedule import TemperatureSchedule, apply_tem
 from sfg_keras.models.task_head import TaskHead, as_task_heads
 
 
+def _all_finite(tensors) -> tf.Tensor:
+    """True when every given tensor (None entries ignored) holds only finite values."""
+    checks = [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tensors if t is not None]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
 @keras.saving.register_keras_serializable(package="sfg")
 class SFGNetwork(keras.Model):
     """A multi-task network routed through Stochastic Filter Groups.
@@ -172,8 +178,78 @@ class SFGNetwork(keras.Model):
         return find_sfg_layers(self)
 
     def train_step(self, data):
+        """One optimizer step that never applies a non-finite update.
+
+        When the loss or any gradient is NaN or infinite (on any replica), the weights, the optimizer's slots and
+        the batch-normalisation statistics keep their values, the iteration counter still advances (the batch was
+        consumed) and the returned logs hold `non_finite_step = 1` (0 otherwise); `NonFiniteGuard` stops or
+        counts on it.
+        """
         apply_temperature(self, self.optimizer.iterations, self.temperature_schedule)
-        return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # Statistics updated by the forward pass (batch normalisation) are restored after a non-finite step.
+        updated = [v for v in self.non_trainable_variables if "float" in str(v.dtype)]
+        # Read before the forward pass writes them (tf.function orders reads and writes of a variable as written;
+        # no explicit control dependency, under which variables created while tracing could not be lifted for XLA).
+        before = [tf.identity(v.value) for v in updated]
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            self._loss_tracker.update_state(loss * ops.cast(replicas, loss.dtype), sample_weight=batch)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_weights
+        gradients = tape.gradient(scaled, variables)
+        if not self.optimizer.built:  # its slots cannot be created inside the `cond` below (XLA, tf.distribute)
+            self.optimizer.build(variables)
+        finite = _all_finite([loss, *gradients])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:  # every replica takes the same branch
+            finite = context.all_reduce("sum", 1.0 - tf.cast(finite, tf.float32)) < 0.5
+
+        non_finite = self._apply_if_finite(gradients, variables, finite, updated, before)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return {**logs, "non_finite_step": non_finite}
+
+    def _apply_if_finite(self, gradients, variables, finite, updated, before) -> tf.Tensor:
+        """Applies `gradients` when `finite`, else restores `updated` to `before` and only advances the iteration
+        counter; returns 1.0 for a skipped step, 0.0 otherwise."""
+
+        def apply():
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return tf.constant(0.0)
+
+        def skip(restore: bool = True):
+            if restore:
+                for variable, value in zip(updated, before):
+                    variable.assign(value)
+            self.optimizer.iterations.assign_add(1)
+            return tf.constant(1.0)
+
+        if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            return tf.cond(finite, apply, skip)
+
+        # The optimizer synchronises the replicas with `merge_call`, which a `cond` in replica context cannot hold:
+        # decide in cross-replica context (every replica has the same all-reduced `finite`), as Keras'
+        # LossScaleOptimizer does. The mirrored statistics are restored from the first replica's copy.
+        def cross_replica(distribution, gradients, finite, before):
+            flag = distribution.experimental_local_results(finite)[0]
+
+            def apply_all():
+                distribution.extended.call_for_each_replica(
+                    lambda grads: self.optimizer.apply_gradients(zip(grads, variables)), args=(gradients,)
+                )
+                return tf.constant(0.0)
+
+            def skip_all():
+                for variable, value in zip(updated, before):
+                    variable.assign(distribution.experimental_local_results(value)[0])
+                return skip(restore=False)
+
+            return tf.cond(flag, apply_all, skip_all)
+
+        return tf.distribute.get_replica_context().merge_call(cross_replica, args=(gradients, finite, before))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)

@@ -3,6 +3,7 @@ monitor of sfg_run) and atomic checkpoints."""
 
 from sfg_keras.training.grouping_logger import GroupingLogger
 from sfg_keras.training.monitor import TrainingMonitor
+from sfg_keras.training.non_finite_guard import NonFiniteGuard, NonFiniteStepError
 from sfg_keras.training.temperature_callback import TemperatureScheduler
 
-__all__ = ["GroupingLogger", "TemperatureScheduler", "TrainingMonitor"]
+__all__ = ["GroupingLogger", "NonFiniteGuard", "NonFiniteStepError", "TemperatureScheduler", "TrainingMonitor"]

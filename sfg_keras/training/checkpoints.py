@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 import keras
+import numpy as np
+
+from sfg_keras.io.atomic import atomic_path
 
 _PATTERN = re.compile(r"^model-(\d+)\.keras$")
 
@@ -46,15 +49,39 @@ def find_checkpoint(checkpoint_dir: str | os.PathLike, step: int = -1) -> Path |
     return checkpoints[step]
 
 
+def check_finite_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """Raises `ValueError` naming `path` and the first non-finite variables when a weight of `model` or a variable
+    of its optimizer holds NaN or infinity (such a checkpoint is never written).
+
+    Example:
+
+    ```python
+    check_finite_weights(model, "model_dir/models/model-10.keras")
+    ```
+    """
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    bad = [
+        f"{getattr(v, 'path', v.name)}"
+        for v in variables
+        if np.issubdtype(np.dtype(v.dtype), np.floating) and not np.all(np.isfinite(np.asarray(v.numpy())))
+    ]
+    if bad:
+        raise ValueError(
+            f"Not writing {path}: {len(bad)} variable(s) hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}); the earlier checkpoints are kept. Expected finite weights."
+        )
+
+
 def save_checkpoint(model: keras.Model, checkpoint_dir: str | os.PathLike, step: int, max_to_keep: int = 5) -> Path:
     """Saves `model` (with its optimizer state) as `model-<step>.keras`, atomically, keeping the newest
     `max_to_keep` checkpoints. A run killed while saving leaves the previous checkpoints intact."""
     folder = Path(checkpoint_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
-    temporary = folder / f".model-{int(step)}.keras.tmp.keras"
-    model.save(temporary)
-    os.replace(temporary, final)
+    check_finite_weights(model, final)
+    with atomic_path(final, suffix=".keras") as temporary:
+        model.save(temporary)
     checkpoints = list_checkpoints(folder)
     for old_step in list(checkpoints)[: max(0, len(checkpoints) - max_to_keep)]:
         checkpoints[old_step].unlink(missing_ok=True)
