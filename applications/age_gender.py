@@ -378,7 +378,7 @@ class AgeGenderApplication(BaseApplication):
         problems.raise_if_any()
         ```
         """
-        cache, scan_name, expected = self._scan_cache(), f"age_gender-decode-{self.channels}ch-v1", self._expected()
+        cache, scan_name, expected = self._scan_cache(), self._scan_name, self._expected()
 
         def check(subject: str, path: str) -> list:
             found = InputProblems()
@@ -399,19 +399,29 @@ class AgeGenderApplication(BaseApplication):
         return (f"a complete JPEG or PNG image that decodes to {self.channels} channel"
                 f"{'s' if self.channels > 1 else ''} ([{APP_SECTION}] channels)")
 
+    @property
+    def _scan_name(self) -> str:
+        height, width = self.image_size
+        return f"age_gender-decode-{self.channels}ch-{height}x{width}-v2"
+
     def _decode_check(self, path: str) -> dict:
-        """Decodes one file as `decode` does: `{"height", "width"}`, or an `InputCheckFailure` saying why not."""
+        """Decodes one file as `decode` does: `{"height", "width", "sum", "sum_sq"}` (the per-channel sums of the
+        resized image, which `_fit_statistics` adds up without decoding again), or an `InputCheckFailure`."""
         data = Path(path).read_bytes()
         if not data:
             raise InputCheckFailure("is empty (0 bytes)", self._expected())
         try:
-            shape = tf.io.decode_image(data, channels=self.channels, expand_animations=False).shape
+            image = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
+            shape = image.shape
         except tf.errors.OpError as error:
             reason = error.message.split("}} ")[-1].replace(" [Op:DecodeImage]", "").strip()
             raise InputCheckFailure(
                 f"cannot be decoded: it is {describe_image_bytes(data)}; TensorFlow: {reason}", self._expected()
             ) from None
-        return {"height": int(shape[0]), "width": int(shape[1])}
+        resized = tf.image.resize(image, self.image_size, antialias=True)
+        values = resized.numpy().astype(np.float64).reshape(-1, self.channels)
+        return {"height": int(shape[0]), "width": int(shape[1]), "pixels": int(values.shape[0]),
+                "sum": values.sum(axis=0).tolist(), "sum_sq": np.square(values).sum(axis=0).tolist()}
 
     def _scan_cache(self) -> ScanCache:
         """The `ScanCache` of image decodes, `model_dir/.input_scans.json` (saved by `prepare` after the checks)."""
@@ -456,20 +466,17 @@ class AgeGenderApplication(BaseApplication):
         return statistics
 
     def _fit_statistics(self, paths: list[str]) -> dict:
-        dataset = (
-            tf.data.Dataset.from_tensor_slices(paths)
-            .map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(64)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        """Per-channel mean and std of the resized training images, from the sums `check_images` cached (a file
+        changed since is decoded again)."""
         total = np.zeros(self.channels, np.float64)
         total_sq = np.zeros(self.channels, np.float64)
         count = 0
-        for batch in dataset:
-            values = batch.numpy().astype(np.float64).reshape(-1, self.channels)
-            total += values.sum(axis=0)
-            total_sq += np.square(values).sum(axis=0)
-            count += values.shape[0]
+        cache = self._scan_cache()
+        for path in paths:
+            scan = cache.get_or_scan(path, self._scan_name, self._decode_check)
+            total += np.asarray(scan["sum"], np.float64)
+            total_sq += np.asarray(scan["sum_sq"], np.float64)
+            count += int(scan["pixels"])
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
         return {

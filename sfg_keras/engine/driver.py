@@ -35,7 +35,7 @@ from sfg_keras.engine.application import BaseApplication
 from sfg_keras.engine.lock import ModelDirLock, check_model_dir
 from sfg_keras.engine.run_record import check_resume, read_record, write_record
 from sfg_keras.io.atomic import atomic_write_bytes, atomic_write_json
-from sfg_keras.io.input_checks import SCAN_CACHE_FILE, files_fingerprint, fingerprint_changes
+from sfg_keras.io.input_checks import SCAN_CACHE_FILE, bullet_list, files_fingerprint, fingerprint_changes
 from sfg_keras.layers import BatchStatisticsNormalization
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
@@ -369,12 +369,10 @@ class Driver:
             recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
             changes = fingerprint_changes(recorded, current)
             if changes:
-                listed = "\n".join(f"  - {change}" for change in changes[:20])
-                more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
                 raise ConfigError(
                     f"{self.settings.config_path}: the training files changed since this model's normalisation was "
                     f"fitted (recorded in {recorded_path}); resuming would use statistics of other data. Restore "
-                    f"the files, or train from scratch in a new [SYSTEM] model_dir:\n{listed}{more}"
+                    f"the files, or train from scratch in a new [SYSTEM] model_dir:\n{bullet_list(changes)}"
                 )
         return current
 

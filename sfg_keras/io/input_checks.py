@@ -25,6 +25,20 @@ SCAN_CACHE_FILE = ".input_scans.json"  # in model_dir
 SCAN_CACHE_VERSION = 1
 
 
+def bullet_list(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+    """`items` as indented "  - item" lines, the first `limit` of them and "  ... and N more".
+
+    Example:
+
+    ```python
+    bullet_list(["changed: a.nii.gz", "added: b.nii.gz"])  # "  - changed: a.nii.gz\n  - added: b.nii.gz"
+    ```
+    """
+    listed = "\n".join(f"  - {item}" for item in items[:limit])
+    more = len(items) - limit
+    return listed + (f"\n  ... and {more} more" if more > 0 else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputProblem:
     """One bad input file.
@@ -71,12 +85,9 @@ class InputValidationError(ValueError):
 
     def __init__(self, problems: Sequence[InputProblem], context: str = "input files"):
         self.problems = list(problems)
-        listed = "\n".join(f"  - {problem}" for problem in self.problems[:MAX_LISTED])
-        more = len(self.problems) - MAX_LISTED
-        tail = f"\n  ... and {more} more" if more > 0 else ""
         count = len(self.problems)
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in the {context}; nothing was written:\n"
-                         f"{listed}{tail}")
+                         f"{bullet_list(self.problems)}")
 
 
 class InputProblems:
