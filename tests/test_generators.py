@@ -12,6 +12,7 @@ from sfg_keras.data.generators import (
     HEAD_LABEL_NAMES,
     PELVIS_LABEL_NAMES,
     load_mnist_two_task,
+    load_multi_mnist,
     make_head_cohort,
     make_mnist_two_task_folder,
     make_pelvis_cohort,
@@ -272,6 +273,29 @@ def test_mnist_two_task_arrays(mnist):
             / ((values - values.mean()) ** 2).sum()
         )
         assert 0.01 < between < 0.5
+
+
+def test_multi_mnist_overlays_two_real_digits_from_disjoint_pools(mnist):
+    data = load_multi_mnist(seed=0, num_train=300, num_test=100, held_out_digits=1000)
+    assert data["images"].shape == (400, 28, 28) and data["images"].dtype == np.uint8
+    assert data["num_train"] == 300 and data["left"].shape == data["right"].shape == (400,)
+    assert set(np.unique(data["left"])) <= set(range(10)) and len(np.unique(data["right"])) == 10
+    assert np.mean(data["left"] == data["right"]) < 0.3  # independent draws, not one digit twice
+    ink = data["images"].reshape(400, -1).sum(axis=1) / 255.0
+    single = mnist["images"].reshape(5000, -1).sum(axis=1) / 255.0 * (28 / 36) ** 2  # one digit, resized canvas
+    assert 1.3 * single.mean() < ink.mean() < 2.0 * single.mean()  # two overlapping digits' worth of ink
+    # Training canvases use the first 4,000 digits, test canvases the held-out 1,000; the labels are theirs.
+    for side in ("left", "right"):
+        sources = data[f"{side}_source"]
+        assert sources[:300].max() < 4000 <= sources[300:].min()
+        np.testing.assert_array_equal(mnist["digit"][sources], data[side])
+    again = load_multi_mnist(seed=0, num_train=300, num_test=100)
+    np.testing.assert_array_equal(again["images"], data["images"])
+    assert not np.array_equal(load_multi_mnist(seed=1, num_train=300, num_test=100)["images"], data["images"])
+    with pytest.raises(ValueError, match="max_shift"):
+        load_multi_mnist(max_shift=9)
+    with pytest.raises(ValueError, match="held_out_digits"):
+        load_multi_mnist(held_out_digits=5000)
 
 
 def test_mnist_order_depends_on_seed(mnist):

