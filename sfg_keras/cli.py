@@ -178,7 +178,8 @@ def _demo(output: str | None) -> None:
 
 
 def _print_share_changes(summary_csv: Path, settings) -> None:
-    """Prints, per SFG layer, the group whose share of kernels moved most from its initial probability `p0`."""
+    """Prints one line per SFG layer: how many kernels training gave to each group (its MAP group; after a commit, the
+    group it was frozen to), next to the initial probabilities `p0`."""
     import csv
 
     if not summary_csv.is_file():
@@ -186,17 +187,14 @@ def _print_share_changes(summary_csv: Path, settings) -> None:
     from sfg_keras.groups import group_names
 
     groups = group_names([task.name for task in settings.task_specs()])
-    p0 = dict(zip(groups, settings.sfg.p0))
+    start = ", ".join(f"{g} {p:.2f}" for g, p in zip(groups, settings.sfg.p0))
     with open(summary_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    changes = []
+    if rows:
+        print(f"learned grouping (kernels per group; every layer started at p0 = {start}):")
     for row in rows:
-        moved = {g: float(row[f"share_{g}"]) - p0[g] for g in groups if f"share_{g}" in row}
-        if moved:
-            group = max(moved, key=lambda g: abs(moved[g]))
-            changes.append(f"{row['layer']} {group} {p0[group]:.2f} -> {p0[group] + moved[group]:.2f}")
-    if changes:
-        print("learned grouping, largest share change from p0 per layer: " + "; ".join(changes))
+        counts = ", ".join(f"{g} {int(row[f'map_count_{g}'])}" for g in groups if f"map_count_{g}" in row)
+        print(f"  {row['layer']} ({row['num_kernels']} kernels): {counts}")
 
 
 def config_markdown() -> str:

@@ -5,7 +5,10 @@ Three inference modes, one entry point `predict(model, x, mode=...)`:
 * `mc` (`mc_predict`, the paper): `N` sampled architectures, aggregated (below). Use it when you want
   uncertainty (standard deviation, predictive entropy) or to reproduce the paper.
 * `map` (`map_predict`): the MAP architecture, `argmax p` per kernel, one pass; what the compact export computes.
-  Use it once `p` is near one-hot (the paper's converged models) or for deployment without sampling.
+  Use it once `p` is near one-hot (the paper's converged models), after a search-then-commit run (the committed
+  network is the MAP network), or for deployment without sampling. `predict` runs it with the compact MAP network
+  (`sfg_keras.compact`: only the kernels each group keeps, cheaper than a hard-sharing pass), rebuilt whenever the
+  model's weights or execution plan change, so it is never stale.
 * `expected` (`expected_predict`): the expected network, each kernel weighted by its expected assignment (`p`, or
   the mean relaxed sample for `hard=False`), one pass. It is the network training averages over, so it tracks
   the Monte-Carlo mean without its cost; use it while `p` is still far from one-hot (short runs, the `fast`
@@ -32,6 +35,7 @@ the layers' seed generators changes.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Callable, Iterable
 
@@ -40,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from sfg_keras.compact import compact_map_model
 from sfg_keras.groups import PREDICTION_KEYS, entropy, majority_vote, prediction_kind
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
@@ -50,14 +55,65 @@ MODES = ("mc", "map", "expected")
 # Compiled inference functions per model, reused across calls (tracing a deep network costs seconds). Keyed weakly
 # by the model; the functions reach the model through a weak reference, so a deleted model frees its entry.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The compact MAP network of each model, with the state (plan version and weights digest) it was built from.
+_COMPACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _compiled(model: SFGNetwork, key, build: Callable) -> Callable:
+    # A commit changes what the network computes (`SFGNetwork.plan_version`): functions traced before are dropped.
+    key = (key, getattr(model, "plan_version", 0))
     functions = _COMPILED.setdefault(model, {})
     if key not in functions:
         model_ref = weakref.ref(model)
         functions[key] = tf.function(lambda xb: build(model_ref(), xb), reduce_retracing=True)
     return functions[key]
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A digest of every variable's value (BLAKE2b over the raw bytes): it changes whenever a weight does.
+
+    Example:
+
+    ```python
+    before = weights_digest(model)
+    model.fit(data, steps_per_epoch=1)
+    assert weights_digest(model) != before
+    ```
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for variable in model.variables:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()
+
+
+def _compact_map_function(model: SFGNetwork) -> Callable | None:
+    """The compiled MAP prediction by the compact MAP network, or None if the network has a layer the compact
+    translation does not support (then the SFG network's own MAP pass is used; the values are the same)."""
+    # Batch-norm layers decide at build time between batch and moving statistics (the driver may switch them).
+    statistics = tuple(
+        getattr(layer, "inference_statistics", None) for layer in model._flatten_layers(include_self=False)
+    )
+    state = (getattr(model, "plan_version", 0), weights_digest(model), statistics)
+    cached = _COMPACT.get(model)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    rank = model.sfg_layers[0].rank
+    try:
+        compact = compact_map_model(model, input_shape=(None,) * (rank + 1) + (_input_channels(model),))
+    except ValueError:
+        function = None
+    else:
+        tasks = model.tasks
+        function = tf.function(
+            lambda xb: single_pass_predictions(tasks, compact(xb, training=False)), reduce_retracing=True
+        )
+    _COMPACT[model] = (state, function)
+    return function
+
+
+def _input_channels(model: SFGNetwork) -> int:
+    """The number of input channels an SFG network was built for (its first SFG layer's kernel)."""
+    return int(model.sfg_layers[0].kernel.shape[-2])
 
 
 def _split_passes(outputs: dict, tasks, num_samples: int) -> dict:
@@ -290,7 +346,9 @@ def predict(
     """
     if _check_mode(mode) == "mc":
         return mc_predict(model, x, num_samples=num_samples, batch_size=batch_size, samples_per_pass=samples_per_pass)
-    function = _compiled(model, mode, map_outputs if mode == "map" else expected_outputs)
+    function = _compact_map_function(model) if mode == "map" else None
+    if function is None:
+        function = _compiled(model, mode, map_outputs if mode == "map" else expected_outputs)
     return _collect(x, batch_size, lambda batch: function(tf.convert_to_tensor(batch)))
 
 
@@ -303,8 +361,8 @@ def mc_predict(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Monte-Carlo prediction with `num_samples` stochastic architectures per input (`predict(mode="mc")`).
 
-    A network without sampled layers (every SFG layer has a fixed assignment: the baselines) gives the same pass
-    every time, so it is computed once.
+    A network without sampled layers (every SFG layer has a fixed assignment, the baselines, or is committed) gives
+    the same pass every time, so it is computed once: its spread then comes from nothing but the batch (zero).
 
     Args:
         model, x, batch_size: as for `predict`.
@@ -330,9 +388,9 @@ def mc_predict(
     def chunk_function(n: int):
         return _compiled(model, ("monte_carlo", n), lambda m, xb: monte_carlo_sums(m, xb, n))
 
-    # A network whose SFG layers all have fixed assignments (the baselines) computes the same pass every time: one
-    # pass stands for all of them.
-    samples_differ = any(not layer.is_fixed for layer in model.sfg_layers)
+    # A network whose SFG layers do not sample (fixed assignments: the baselines; a committed network) computes the
+    # same pass every time: one pass stands for all of them.
+    samples_differ = any(layer.samples for layer in model.sfg_layers)
 
     def predict_batch(batch):
         batch = tf.convert_to_tensor(batch, dtype=model.compute_dtype if model.compute_dtype != "float16" else None)
@@ -359,6 +417,10 @@ def mc_predict(
 
 def map_predict(model: SFGNetwork, x, batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
     """`map_outputs` over numpy input or a dataset, batch by batch, as numpy arrays (`predict(mode="map")`).
+
+    Computed by the compact MAP network of the model's current weights (rebuilt after any weight change or commit;
+    equal to the SFG network's MAP pass within float rounding), falling back to the SFG network's own MAP pass for
+    a layer the compact translation does not support.
 
     Example:
 

@@ -18,12 +18,12 @@ from sfg_keras.config import (
     SectionSettings,
     Settings,
     TaskSpec,
-    default_p0,
     dump_schema_markdown,
     load_settings,
     write_settings,
 )
 from sfg_keras.config.settings import SECTION_CLASSES
+from sfg_keras.recipes import DEFAULT_RECIPE, recipe_p0
 
 FULL_CONFIG = """
 [SYSTEM]
@@ -199,9 +199,12 @@ def test_minimal_config_defaults(tmp_path):
     settings = load_settings(write_config(tmp_path, MINIMAL_CONFIG))
     assert settings.multitask.loss_types == ("RMSE", "CrossEntropy")
     assert settings.multitask.labels == ("filename", "filename")
-    assert settings.sfg.p0 == pytest.approx((0.2, 0.2, 0.6))
-    assert settings.sfg.origin("p0") == "recipe" and settings.sfg.recipe == "paper"  # the default recipe fills it
+    assert settings.sfg.p0 == pytest.approx((1 / 3, 1 / 3, 1 / 3))  # the default recipe: a balanced start
+    assert settings.sfg.origin("p0") == "recipe" and settings.sfg.recipe == "search_commit"  # it fills every key
     assert settings.sfg.origin("recipe") == "default"
+    assert (settings.sfg.commit_at, settings.sfg.grouping_step, settings.sfg.lambda2_start) == (0.2, "normalized", 1.0)
+    paper = load_settings(write_config(tmp_path, minimal_with(SFG="recipe = paper")))
+    assert paper.sfg.p0 == pytest.approx((0.2, 0.2, 0.6)) and (paper.sfg.commit_at, paper.sfg.hard) == (0.0, True)
     assert settings.network.batch_size == 10 and settings.inference.batch_size == 10
     assert settings.training.max_iter == 1000
     assert settings.system.model_dir == str(tmp_path / "model")
@@ -229,8 +232,8 @@ def test_three_tasks_default_p0_and_weights(tmp_path):
     text = text.replace("labels = filename, filename, ", "labels = filename, filename, csv:race")
     text += "\nloss_weights = 1, 0.5, 2\n"
     settings = load_settings(write_config(tmp_path, text))
-    assert settings.sfg.p0 == pytest.approx((0.4 / 3, 0.4 / 3, 0.4 / 3, 0.6))
-    assert default_p0(3) == settings.sfg.p0
+    assert settings.sfg.p0 == pytest.approx((0.25, 0.25, 0.25, 0.25))
+    assert recipe_p0(DEFAULT_RECIPE, 3) == settings.sfg.p0
     assert settings.multitask.loss_weights == (1.0, 0.5, 2.0)
     assert settings.task_specs()[2] == TaskSpec("race", "classification", 5, "CrossEntropy", 2.0, "csv:race")
 
@@ -555,7 +558,11 @@ def test_sfg_temperature_and_grouping_rules(tmp_path):
     message, _ = load_error(tmp_path, one_task + "\n[SFG]\ngrouping = cross_stitch\n")
     assert "cross_stitch needs at least 2 tasks" in message
     settings = load_settings(write_config(tmp_path, one_task + "\n[SFG]\ngrouping = single_task\n"))
-    assert settings.sfg.p0 == pytest.approx((0.4, 0.6))
+    assert settings.sfg.p0 == pytest.approx((0.5, 0.5))
+    message, _ = load_error(tmp_path, minimal_with(SFG="lambda2_start = 1e-6"))
+    assert "lambda2_start" in message and "not above lambda2" in message
+    message, _ = load_error(tmp_path, minimal_with(SFG="lambda2_hold = 0.5\nlambda2_until = 0.3"))
+    assert "lambda2_hold <= lambda2_until" in message
 
 
 # ---------------------------------------------------------------------------- application sections

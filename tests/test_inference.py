@@ -203,8 +203,9 @@ def test_compiled_inference_is_reused_across_calls():
     map_predict(model, x, batch_size=4)
     map_predict(model, x, batch_size=4)
     functions = inference._COMPILED[model]
-    assert functions[("monte_carlo", 3)].experimental_get_tracing_count() == 1
-    assert functions["map"].experimental_get_tracing_count() == 1
+    assert functions[(("monte_carlo", 3), 0)].experimental_get_tracing_count() == 1
+    state, compact = inference._COMPACT[model]  # MAP runs the compact network, built and traced once
+    assert compact.experimental_get_tracing_count() == 1
     other = _model(seed=5)
     mc_predict(other, x, num_samples=3, batch_size=4)
     assert inference._COMPILED[other] is not functions  # one cache per model
@@ -262,3 +263,26 @@ def test_monte_carlo_label_is_the_majority_vote_with_ties_to_the_lower_class():
     out = _finalise(sums, [task], num_samples=5, module=np)["side"]
     assert out["label"].tolist() == [1, 0, 1]
     np.testing.assert_allclose(out["entropy"], np.log(3.0))
+
+
+def test_map_predict_runs_the_compact_network_of_the_current_weights():
+    from sfg_keras import inference
+
+    model = _model()
+    model.compile(keras.optimizers.Adam(0.05), loss={"size": "mse", "side": "sparse_categorical_crossentropy"})
+    x = _images(8)
+    y = {"size": np.linspace(-1, 1, 8).astype("float32")[:, None], "side": np.arange(8) % 3}
+
+    def sfg_map_pass():  # the SFG network's own MAP pass, the reference
+        return {k: np.array(v) for k, v in model(tf.constant(x), training=False).items()}
+
+    for _ in range(2):  # before and after training continues
+        reference = sfg_map_pass()
+        out = map_predict(model, x, batch_size=8)
+        assert inference._COMPACT[model][1] is not None  # computed by the compact MAP network
+        np.testing.assert_allclose(out["size"]["mean"], reference["size"], rtol=1e-5, atol=1e-5)
+        probabilities = tf.nn.softmax(reference["side"]).numpy()
+        np.testing.assert_allclose(out["side"]["probabilities"], probabilities, rtol=1e-5, atol=1e-5)
+        built = inference._COMPACT[model][0]
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        assert inference.weights_digest(model) != built[1]  # the next call rebuilds it

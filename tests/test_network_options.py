@@ -20,7 +20,7 @@ from sfg_keras.models import (
     sfg_small_cnn,
     sfg_vgg11,
 )
-from sfg_keras.recipes import recipe_values
+from sfg_keras.recipes import DEFAULT_RECIPE, recipe_values
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 2)]
 DENSE_TASKS = [TaskHead("ct", "regression", 1), TaskHead("organs", "segmentation", 3)]
@@ -106,15 +106,37 @@ def test_from_settings_schedule_relative_to_the_run(tmp_path):
     assert schedule.value(100) == pytest.approx(0.5)
 
 
-def test_from_settings_defaults_are_the_paper_recipe(tmp_path):
+FIELDS = ("init_mode", "hard", "sampling", "grouping_lr_multiplier", "grouping_step", "kernel_l2", "entropy_weight")
+
+
+def test_from_settings_defaults_are_the_default_recipe(tmp_path):
     settings = _settings(tmp_path, EVERY_KEY.split("[SFG]")[0])
     options = NetworkOptions.from_settings(settings)
-    paper = NetworkOptions.from_recipe("paper", num_tasks=2, max_iter=200)
-    assert options.p_init == (0.2, 0.2, 0.6) == paper.p_init
-    for field in ("init_mode", "hard", "sampling", "grouping_lr_multiplier", "kernel_l2", "entropy_weight"):
-        assert getattr(options, field) == getattr(paper, field), field
-    assert vars(options.temperature_schedule) == vars(paper.temperature_schedule)
+    default = NetworkOptions.from_recipe(DEFAULT_RECIPE, num_tasks=2, max_iter=200)
+    assert DEFAULT_RECIPE == "search_commit"
+    assert options.p_init == pytest.approx((1 / 3, 1 / 3, 1 / 3)) and options.p_init == default.p_init
+    for field in FIELDS:
+        assert getattr(options, field) == getattr(default, field), field
+    assert vars(options.temperature_schedule) == vars(default.temperature_schedule)
     assert (options.grouping, options.merge) == ("learned", "sum")
+    # 200 iterations: entropy boosted 1e5 x to step 20, back to lambda2 at 40, commit at 40, warm-up over 40 steps.
+    schedule = options.temperature_schedule
+    assert (schedule.entropy_hold, schedule.entropy_until, schedule.commit_step) == (20, 40, 40)
+    assert schedule.entropy_boost == pytest.approx(1e5) and schedule.sampling_warmup == 40
+    assert (options.grouping_step, options.hard, options.grouping_lr_multiplier) == ("normalized", False, 10.0)
+
+
+def test_network_options_defaults_are_the_default_recipe_relative_to_the_run():
+    options, default = NetworkOptions(), NetworkOptions.from_recipe(DEFAULT_RECIPE, num_tasks=3)
+    for field in FIELDS:
+        assert getattr(options, field) == getattr(default, field), field
+    assert options.temperature_schedule.is_relative and options.temperature_schedule.commit_step is None
+    resolved = options.temperature_schedule.resolved(1000)
+    assert vars(resolved) == vars(NetworkOptions.from_recipe(DEFAULT_RECIPE, 3, max_iter=1000).temperature_schedule)
+    assert options.sfg_conv_kwargs(4, num_tasks=3)["p_init"] == pytest.approx([0.25] * 4)
+    paper = NetworkOptions.from_recipe("paper", num_tasks=2, max_iter=100)
+    assert (paper.hard, paper.grouping_step, paper.temperature_schedule.commit_step) == (True, "raw", None)
+    assert paper.p_init == (0.2, 0.2, 0.6)
 
 
 def test_from_settings_spells_leakyrelu_as_keras_does(tmp_path):
@@ -240,7 +262,7 @@ def test_sfg_conv_kwargs_rename_and_grouping():
     fixed = options.replace(grouping="hard_sharing").sfg_conv_kwargs(8, num_tasks=2)
     assert fixed["fixed_assignment"] == [2] * 8
     assert "init_mode" not in fixed and "grouping_lr_multiplier" not in fixed and "p_init" not in fixed
-    assert NetworkOptions().sfg_conv_kwargs(4, num_tasks=3)["p_init"] == pytest.approx([0.4 / 3] * 3 + [0.6])
+    assert NetworkOptions().sfg_conv_kwargs(4, num_tasks=3)["p_init"] == pytest.approx([0.25] * 4)
     block = ResidualBlock(8, **options.replace(activation="relu", rank=3).residual_block_kwargs())
     assert (block.rank, block.activation, block.kernel_l2) == (3, "relu", 1e-4)
 

@@ -188,12 +188,12 @@ def test_hard_assignment_frequencies_match_p(sampling):
     layer = _fixed_p_layer(sampling)
     draws = 3000
     if sampling == "per_example":
-        assignment = keras.ops.convert_to_numpy(layer._assignment(draws, True))
+        assignment = keras.ops.convert_to_numpy(layer._assignment(layer.probabilities(), draws, True))
         assert assignment.shape == (draws, 4, 3)
     else:
         # one architecture per pass: `num_samples` passes stacked along the batch axis (2 examples per pass)
         with sampling_scope(stochastic=True, num_samples=draws):
-            assignment = keras.ops.convert_to_numpy(layer._assignment(2 * draws, True))
+            assignment = keras.ops.convert_to_numpy(layer._assignment(layer.probabilities(), 2 * draws, True))
         assert assignment.shape == (2 * draws, 4, 3)
         np.testing.assert_array_equal(assignment[0::2], assignment[1::2])  # constant within a pass
         assignment = assignment[0::2]

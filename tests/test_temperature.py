@@ -50,7 +50,7 @@ def test_temperature_variable_is_read_at_run_time():
     """The compiled sampler reads the variable: a new value changes the relaxed sample without retracing."""
     layer = SFGConv(64, 1, hard=False, seed=0)
     layer.build((None, 2, 2, 1))
-    sample = tf.function(lambda: layer._assignment(4, True))
+    sample = tf.function(lambda: layer._assignment(layer.probabilities(), 4, True))
     state = keras.ops.convert_to_numpy(layer.seed_generator.state)
     warm = keras.ops.convert_to_numpy(sample())
     layer.seed_generator.state.assign(state)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sfg_keras.groups import GROUPINGS
+from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES
 
 SCALAR_KINDS = ("int", "float", "bool", "str", "choice", "path")
 LIST_KINDS = ("int_list", "float_list", "str_list", "choice_list", "path_list")
@@ -667,17 +668,17 @@ MULTITASK_SCHEMA = section_schema(
     "MULTITASK",
 )
 
-RECIPES = ("paper", "fast")
 
 SFG_SCHEMA = section_schema(
     [
         K(
             "recipe",
             "choice",
-            "paper",
-            "Training recipe whose values fill every [SFG] key not set in the file or on the command line: paper "
-            "(the supplement's exact setup) or fast (chosen by measurement to converge in a few thousand steps; "
-            "see BENCHMARKS.md).",
+            DEFAULT_RECIPE,
+            "Training recipe whose values fill every [SFG] key not set in the file or on the command line: "
+            "search_commit (the default: search the grouping for 20% of the run, then commit to the MAP network; "
+            "chosen by measurement, see BENCHMARKS.md), paper (the supplement's exact setup) or fast (the earlier "
+            "practical recipe, no commit).",
             choices=RECIPES,
         ),
         K(
@@ -727,6 +728,14 @@ SFG_SCHEMA = section_schema(
             minimum=0,
             exclusive_minimum=True,
         ),
+        K(
+            "grouping_step",
+            "choice",
+            "raw",
+            "Step of the grouping logits: raw (the gradient as it is, the paper) or normalized (each layer's logit "
+            "gradient rescaled to unit root-mean-square at every step: p moves at a steady rate in every phase).",
+            choices=("raw", "normalized"),
+        ),
         K("tau0", "float", 1.0, "Initial Gumbel-softmax temperature.", minimum=0, exclusive_minimum=True),
         K("tau_decay", "float", 1e-5, "Rate r of the temperature schedule tau0 * exp(-r * step).", minimum=0),
         K(
@@ -747,8 +756,41 @@ SFG_SCHEMA = section_schema(
             minimum=0,
             maximum=1,
         ),
+        K(
+            "commit_at",
+            "float",
+            0.0,
+            "Search, then commit: fraction of [TRAINING] max_iter after which every learned SFG layer is frozen to its "
+            "MAP group and the rest of the run trains that network at hard-sharing cost (0 = never, the paper).",
+            minimum=0,
+            maximum=1,
+        ),
         K("lambda1", "float", 1e-6, "Weight of the L2 penalty on the convolution kernels.", minimum=0),
         K("lambda2", "float", 1e-5, "Weight of the entropy bonus on the grouping probabilities.", minimum=0),
+        K(
+            "lambda2_start",
+            "float",
+            0.0,
+            "Entropy schedule of the search: the entropy weight at the start (held, then decaying exponentially to "
+            "lambda2); 0 = lambda2 throughout (the paper).",
+            minimum=0,
+        ),
+        K(
+            "lambda2_hold",
+            "float",
+            0.0,
+            "Fraction of [TRAINING] max_iter during which the entropy weight stays at lambda2_start.",
+            minimum=0,
+            maximum=1,
+        ),
+        K(
+            "lambda2_until",
+            "float",
+            0.0,
+            "Fraction of [TRAINING] max_iter at which the entropy weight has decayed to lambda2 (>= lambda2_hold).",
+            minimum=0,
+            maximum=1,
+        ),
     ],
     "SFG",
 )

@@ -273,13 +273,18 @@ class SFGSettings(SectionSettings):
     sampling: str
     merge: str
     grouping_lr_multiplier: float
+    grouping_step: str
     tau0: float
     tau_decay: float
     tau_decay_until: float
     tau_min: float
     sampling_warmup: float
+    commit_at: float
     lambda1: float
     lambda2: float
+    lambda2_start: float
+    lambda2_hold: float
+    lambda2_until: float
 
 
 class InputSectionSettings(SectionSettings):

@@ -262,8 +262,31 @@ def _validate_sfg(sfg: SectionValues, tasks: list[str]) -> None:
             ["tau_min", "tau0"],
             f"tau_min = {sfg.values['tau_min']:g} is above tau0 = {sfg.values['tau0']:g}: expected tau_min <= tau0",
         )
+    _validate_entropy_schedule(sfg)
     if sfg.values["grouping"] == "cross_stitch" and len(tasks) < 2:
         raise sfg.error("grouping", f"cross_stitch needs at least 2 tasks; [MULTITASK] tasks has {len(tasks)}")
+
+
+def _validate_entropy_schedule(sfg: SectionValues) -> None:
+    values = sfg.values
+    if not values["lambda2_start"]:
+        return
+    if values["lambda2_start"] <= values["lambda2"]:
+        raise sfg.section_error(
+            ["lambda2_start", "lambda2"],
+            f"lambda2_start = {values['lambda2_start']:g} is not above lambda2 = {values['lambda2']:g}: expected a "
+            "larger start weight that decays to lambda2, or lambda2_start = 0 for no entropy schedule",
+        )
+    if values["lambda2"] <= 0:
+        raise sfg.error(
+            "lambda2", "the entropy schedule decays to lambda2, so it must be > 0 when lambda2_start is set"
+        )
+    if values["lambda2_until"] < values["lambda2_hold"]:
+        raise sfg.section_error(
+            ["lambda2_until", "lambda2_hold"],
+            f"lambda2_until = {values['lambda2_until']:g} is before lambda2_hold = {values['lambda2_hold']:g}: "
+            "expected lambda2_hold <= lambda2_until",
+        )
 
 
 def _validate_input(section: SectionValues) -> None:

@@ -28,7 +28,8 @@ APPLIED_ON_RESUME = {
     "TRAINING": {"optimiser", "lr", "max_iter", "save_every_n", "validation_every_n", "validation_max_iter",
                  "tensorboard_every_n", "max_checkpoints", "steps_per_execution", "non_finite"},
     "NETWORK": {"batch_norm"},
-    "SFG": {"tau0", "tau_decay", "tau_decay_until", "tau_min", "sampling_warmup"},
+    "SFG": {"tau0", "tau_decay", "tau_decay_until", "tau_min", "sampling_warmup", "commit_at", "lambda2_start",
+            "lambda2_hold", "lambda2_until"},
 }
 
 

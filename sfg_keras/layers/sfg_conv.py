@@ -17,6 +17,18 @@ from sfg_keras.layers.stream_merge import merge_streams, projection_weights
 
 _SAMPLING = ("per_example", "per_batch")
 _MERGE = ("sum", "concat")
+_GROUPING_STEPS = ("raw", "normalized")
+
+
+@tf.custom_gradient
+def _unit_rms_gradient(logits):
+    """Identity whose gradient is rescaled to unit root-mean-square (the normalized grouping step)."""
+
+    def gradient(upstream):
+        rms = tf.sqrt(tf.reduce_mean(tf.square(upstream)))
+        return upstream / tf.maximum(rms, 1e-12)
+
+    return tf.identity(logits), gradient
 
 
 def _distributions():
@@ -46,7 +58,7 @@ def _is_single_shape(shape) -> bool:
 
 
 def _validate_arguments(
-    filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, temperature
+    filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, grouping_step, temperature
 ) -> None:
     """Raises `ValueError` for an invalid `SFGConv` argument (the checks that need no conversion)."""
     if not isinstance(filters, int) or filters < 1:
@@ -63,6 +75,8 @@ def _validate_arguments(
         raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
     if merge not in _MERGE:
         raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
+    if grouping_step not in _GROUPING_STEPS:
+        raise ValueError(f"`grouping_step` must be one of {_GROUPING_STEPS}. Received: grouping_step={grouping_step!r}")
     if not grouping_lr_multiplier > 0:
         raise ValueError(
             f"`grouping_lr_multiplier` must be > 0. Received: grouping_lr_multiplier={grouping_lr_multiplier!r}"
@@ -71,22 +85,24 @@ def _validate_arguments(
         raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
 
 
-def _validated_fixed_assignment(fixed_assignment, filters: int, num_tasks: int) -> list[int] | None:
-    """`fixed_assignment` as a list of ints, or None; raises `ValueError` unless it is one group per kernel."""
-    if fixed_assignment is None:
+def _validated_assignment(
+    assignment, filters: int, num_tasks: int, name: str = "fixed_assignment"
+) -> list[int] | None:
+    """`assignment` as a list of ints, or None; raises `ValueError` unless it is one group index per kernel."""
+    if assignment is None:
         return None
-    assignment = np.asarray(fixed_assignment)
+    array = np.asarray(assignment)
     if (
-        assignment.shape != (filters,)
-        or not np.issubdtype(assignment.dtype, np.integer)
-        or assignment.min() < 0
-        or assignment.max() > num_tasks
+        array.shape != (filters,)
+        or not np.issubdtype(array.dtype, np.integer)
+        or array.min() < 0
+        or array.max() > num_tasks
     ):
         raise ValueError(
-            f"`fixed_assignment` must hold one group index in [0, {num_tasks}] per kernel ({filters} ints). "
-            f"Received: fixed_assignment={list(fixed_assignment)}"
+            f"`{name}` must hold one group index in [0, {num_tasks}] per kernel ({filters} ints). "
+            f"Received: {name}={list(assignment)}"
         )
-    return [int(v) for v in assignment]
+    return [int(v) for v in array]
 
 
 @keras.saving.register_keras_serializable(package="sfg")
@@ -119,6 +135,10 @@ class SFGConv(keras.layers.Layer):
     on the logits by `m`, whatever the optimizer. The layer stores `v = r / m` and computes `r = m * v` with the
     gradient of `r` passed to `v` unchanged, so the optimizer computes the update it would compute for `r` and `r`
     moves `m` times as far (a gradient multiplier would not work: Adam normalises gradient scale away).
+    `grouping_step="normalized"` rescales the layer's whole logit gradient (data loss and entropy term together) to
+    unit root-mean-square at every step before the optimizer sees it, so `p` moves at the same rate whatever the
+    scale of the losses, and a phase of large gradients (a strong entropy bonus) does not shrink the steps of the
+    next phase through Adam's running second moment (`"raw"`, the paper, passes the gradient as it is).
 
     Regularisation (paper eq. 5) goes through Keras' loss collection: `kernel_l2 * ||W||^2` (as a weight
     regulariser) and `-entropy_weight * sum_kernels H(p)` (an `add_loss` term, only when `p` is learned).
@@ -126,6 +146,12 @@ class SFGConv(keras.layers.Layer):
     Baselines: `learn_p=False` keeps `p` constant (still sampled); `fixed_assignment` (one group index per kernel)
     turns sampling off and computes each group's convolution with its own kernels only, so groups without kernels
     cost nothing and produce `None` streams.
+
+    Search, then commit: `commit()` freezes a learned layer to an assignment (by default its MAP assignment,
+    `argmax p` per kernel). From then on the layer never samples, `p` is the one-hot of that assignment (the grouping
+    logits keep their searched values but receive no gradient and no entropy term), and the layer can run packed
+    (`call_packed`) at the cost of a plain convolution. The assignment is part of the config
+    (`committed_assignment`), so a saved committed layer loads committed.
 
     Args:
         filters: int. Number of kernels `K`.
@@ -142,7 +168,11 @@ class SFGConv(keras.layers.Layer):
         learn_p: bool. Whether the grouping logits are trainable. Defaults to True.
         grouping_lr_multiplier: float. Multiplier of the optimizer's step on the grouping logits (their learning rate
             relative to the weights'). Defaults to 1.0.
+        grouping_step: str. `"raw"` (the gradient as it is) or `"normalized"` (the layer's logit gradient rescaled to
+            unit root-mean-square at every step). Defaults to `"raw"`.
         fixed_assignment: sequence of `filters` ints in `[0, T]` or None. A fixed group per kernel (no sampling).
+        committed_assignment: sequence of `filters` ints in `[0, T]` or None. The assignment a learned layer was
+            committed to (`commit()`); None while it searches. Not allowed with `fixed_assignment`.
         hard: bool. Straight-through hard samples (True) or relaxed soft weights (False). Defaults to True.
         sampling: str. `"per_example"` (a fresh architecture per data point, paper eq. 3) or `"per_batch"` (one
             draw per layer per step). Defaults to `"per_example"`.
@@ -185,7 +215,9 @@ class SFGConv(keras.layers.Layer):
         init_mode: str = "constant",
         learn_p: bool = True,
         grouping_lr_multiplier: float = 1.0,
+        grouping_step: str = "raw",
         fixed_assignment: Sequence[int] | None = None,
+        committed_assignment: Sequence[int] | None = None,
         hard: bool = True,
         sampling: str = "per_example",
         merge: str = "sum",
@@ -202,7 +234,8 @@ class SFGConv(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         _validate_arguments(
-            filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, temperature
+            filters, num_tasks, rank, padding, init_mode, sampling, merge, grouping_lr_multiplier, grouping_step,
+            temperature,
         )
         self.filters = filters
         self.num_tasks = num_tasks
@@ -217,7 +250,17 @@ class SFGConv(keras.layers.Layer):
         self.init_mode = init_mode
         self.learn_p = bool(learn_p)
         self.grouping_lr_multiplier = float(grouping_lr_multiplier)
-        self.fixed_assignment = _validated_fixed_assignment(fixed_assignment, filters, num_tasks)
+        self.grouping_step = grouping_step
+        self.fixed_assignment = _validated_assignment(fixed_assignment, filters, num_tasks)
+        if fixed_assignment is not None and committed_assignment is not None:
+            raise ValueError(
+                "`committed_assignment` is the frozen assignment of a learned layer; a layer with a "
+                f"`fixed_assignment` has none. Received: committed_assignment={list(committed_assignment)}"
+            )
+        self.committed_assignment = _validated_assignment(
+            committed_assignment, filters, num_tasks, name="committed_assignment"
+        )
+        self._packing = None  # per-channel gather indices of the packed path, computed on first use
         self.hard = bool(hard)
         self.sampling = sampling
         self.merge = merge
@@ -244,7 +287,8 @@ class SFGConv(keras.layers.Layer):
         self._create_schedule_weights()
 
     def _create_schedule_weights(self) -> None:
-        """Creates the non-trainable weights the training schedule sets: `temperature`, then `sampling_noise`."""
+        """Creates the non-trainable weights the training schedule sets: `temperature`, then `sampling_noise` and
+        `entropy_scale` (layers that sample)."""
         # Created eagerly (not in `build`) so that a train step can set it before the first forward pass.
         self.temperature = self.add_weight(
             name="temperature",
@@ -257,9 +301,18 @@ class SFGConv(keras.layers.Layer):
         # sampling; a warm-up (`TemperatureSchedule(sampling_warmup=...)`) ramps it from 0 (the expected network).
         # A fixed assignment never samples and has none.
         self.sampling_noise = None
+        # Multiplier of `entropy_weight` (1 is lambda2 itself); an entropy schedule boosts it early in the search.
+        self.entropy_scale = None
         if not self.is_fixed:
             self.sampling_noise = self.add_weight(
                 name="sampling_noise",
+                shape=(),
+                initializer=keras.initializers.Constant(1.0),
+                trainable=False,
+                autocast=False,
+            )
+            self.entropy_scale = self.add_weight(
+                name="entropy_scale",
                 shape=(),
                 initializer=keras.initializers.Constant(1.0),
                 trainable=False,
@@ -289,9 +342,29 @@ class SFGConv(keras.layers.Layer):
         return self.fixed_assignment is not None
 
     @property
+    def is_committed(self) -> bool:
+        """Whether a learned layer has been committed to an assignment (`commit()`): it no longer samples."""
+        return self.committed_assignment is not None
+
+    @property
+    def samples(self) -> bool:
+        """Whether the layer draws assignments (neither fixed nor committed)."""
+        return not (self.is_fixed or self.is_committed)
+
+    @property
+    def channel_assignment(self) -> np.ndarray | None:
+        """The group of every output channel when it does not change from pass to pass (a fixed or committed
+        assignment), int numpy `[filters]`; None while the layer samples."""
+        if self.is_fixed:
+            return np.asarray(self.fixed_assignment)
+        if self.is_committed:
+            return np.asarray(self.committed_assignment)
+        return None
+
+    @property
     def learns_p(self) -> bool:
         """Whether the grouping probabilities are trained (and regularised by the entropy term)."""
-        return self.learn_p and not self.is_fixed
+        return self.learn_p and self.samples
 
     # === Build ===
 
@@ -378,8 +451,12 @@ class SFGConv(keras.layers.Layer):
 
         The variable `grouping_logits` stores `r / grouping_lr_multiplier`; the multiplication passes the gradient
         of `r` through unchanged, so the optimizer's step on `r` is `grouping_lr_multiplier` times its usual step.
+        With `grouping_step="normalized"` the gradient reaching the variable is rescaled to unit root-mean-square;
+        call it once per forward pass, so that the rescaling acts on the total gradient.
         """
         stored = ops.cast(self.grouping_logits, "float32")
+        if self.grouping_step == "normalized":
+            stored = _unit_rms_gradient(stored)
         if self.grouping_lr_multiplier == 1.0:
             return stored
         return stored + (self.grouping_lr_multiplier - 1.0) * ops.stop_gradient(stored)
@@ -391,8 +468,16 @@ class SFGConv(keras.layers.Layer):
     def probabilities(self):
         """Grouping probabilities `p` as a float32 tensor `[filters, T + 1]` (one-hot for a fixed assignment; before
         the layer is built, the initial probabilities)."""
+        assignment = self.channel_assignment
+        if assignment is not None:
+            return ops.one_hot(ops.convert_to_tensor(assignment, "int32"), self.num_groups)
+        return self.searched_probabilities()
+
+    def searched_probabilities(self):
+        """The probabilities the grouping logits hold, float32 `[filters, T + 1]`: `p` while the layer searches,
+        and the searched `p` it was committed from after `commit()` (`probabilities()` is then one-hot)."""
         if self.is_fixed:
-            return ops.one_hot(ops.convert_to_tensor(self.fixed_assignment, "int32"), self.num_groups)
+            return self.probabilities()
         if not self.built:  # before the first call: the initial probabilities the logits will hold
             return ops.convert_to_tensor(self._initial_probabilities.astype("float32"))
         positive = ops.softplus(self.logits())
@@ -450,22 +535,57 @@ class SFGConv(keras.layers.Layer):
         return projection_weights(self.merge_projections[task])
 
     def map_assignment(self) -> np.ndarray:
-        """The MAP group of every kernel (`argmax p`), numpy int `[filters]`.
+        """The MAP group of every kernel (`argmax p`), numpy int `[filters]`; the committed assignment once committed.
 
         Ties go to the later group, so a kernel whose shared probability ties the maximum is shared (the uniform
         `p` of the constant-p baseline gives the hard-sharing architecture).
         """
         return groups.map_group(self.grouping_probabilities())
 
-    def entropy(self):
-        """Sum over kernels of the entropy `H(p)` (nats), a float32 scalar tensor."""
-        return ops.sum(groups.entropy(self.probabilities(), xp=ops))
+    def commit(self, assignment: Sequence[int] | None = None) -> np.ndarray:
+        """Freezes the layer to `assignment` (default: the MAP assignment of the current `p`) and stops sampling.
 
-    def entropy_penalty(self):
-        """The entropy term this layer adds to the objective: `-entropy_weight * sum H(p)` (0 if `p` is fixed)."""
+        After the commit the layer computes the fixed-assignment network of that assignment: no sampling, no
+        entropy term, `probabilities()` one-hot, the grouping logits frozen at their searched values
+        (`searched_probabilities()`), and packed execution available (`call_packed`). Compiled functions that
+        traced the layer before must be traced again (`SFGNetwork.commit` does it for a network).
+
+        Args:
+            assignment: sequence of `filters` group indices in `[0, T]`, or None for the MAP assignment.
+
+        Returns:
+            The committed assignment, int numpy `[filters]`.
+
+        Raises:
+            ValueError: for a layer with a `fixed_assignment` (nothing to commit), or an invalid assignment.
+
+        Example:
+
+        ```python
+        layer.commit()               # the MAP assignment
+        layer.channel_assignment     # e.g. array([2, 2, 0, 1, ...])
+        ```
+        """
+        if self.is_fixed:
+            raise ValueError(f"{self.name}: a layer with a fixed_assignment has no grouping to commit.")
+        if assignment is None:
+            assignment = groups.map_group(np.asarray(ops.convert_to_numpy(self.searched_probabilities())))
+        self.committed_assignment = _validated_assignment(
+            assignment, self.filters, self.num_tasks, name="committed_assignment"
+        )
+        self._packing = None
+        return self.channel_assignment
+
+    def entropy(self, probs=None):
+        """Sum over kernels of the entropy `H(p)` (nats), a float32 scalar tensor (of `probs` if given)."""
+        return ops.sum(groups.entropy(self.probabilities() if probs is None else probs, xp=ops))
+
+    def entropy_penalty(self, probs=None):
+        """The entropy term this layer adds to the objective: `-entropy_weight * entropy_scale * sum H(p)` (0 if `p`
+        is fixed or committed; `entropy_scale` is 1 unless the schedule boosts it)."""
         if not self.learns_p or self.entropy_weight == 0:
             return ops.zeros((), "float32")
-        return -self.entropy_weight * self.entropy()
+        return -self.entropy_weight * ops.cast(self.entropy_scale, "float32") * self.entropy(probs)
 
     def weight_penalty(self):
         """The weight term this layer adds to the objective: `kernel_l2 * ||W||^2`."""
@@ -474,6 +594,11 @@ class SFGConv(keras.layers.Layer):
     def set_temperature(self, value) -> None:
         """Assigns the Gumbel-softmax temperature (a float or a scalar tensor)."""
         self.temperature.assign(ops.cast(value, "float32"))
+
+    def set_entropy_scale(self, value) -> None:
+        """Assigns the multiplier of `entropy_weight` (a float or a scalar tensor; a fixed assignment has none)."""
+        if self.entropy_scale is not None:
+            self.entropy_scale.assign(ops.cast(value, "float32"))
 
     def set_sampling_noise(self, value) -> None:
         """Assigns the weight `s` of the sampled assignment in the training mask `s * z + (1 - s) * E[z]` (a fixed
@@ -491,14 +616,14 @@ class SFGConv(keras.layers.Layer):
             seed = seed + ops.stack([0, ops.cast(context.replica_id_in_sync_group, "int32")])
         return seed
 
-    def expected_assignment(self, num_draws: int = 256):
+    def expected_assignment(self, num_draws: int = 256, probs=None):
         """The expected assignment `E[z]` as a float32 tensor `[filters, T + 1]` (the expected network's mask).
 
         With `hard=True` the forward pass uses one-hot samples whose frequencies are `p`, so `E[z] = p`. With
         `hard=False` it is the mean of `num_draws` relaxed samples at the current temperature, drawn with a fixed
-        seed so that the expected network is deterministic.
+        seed so that the expected network is deterministic. `probs` (default `probabilities()`) is the `p` to use.
         """
-        probs = self.probabilities()
+        probs = self.probabilities() if probs is None else probs
         if self.hard or self.is_fixed:
             return probs
         distribution = _distributions().RelaxedOneHotCategorical(
@@ -506,30 +631,32 @@ class SFGConv(keras.layers.Layer):
         )
         return ops.mean(distribution.sample([num_draws], seed=ops.convert_to_tensor([20191027, 2], "int32")), axis=0)
 
-    def _assignment(self, batch_size, stochastic: bool, training: bool = False):
-        """Float32 assignment `[batch or 1, filters, T + 1]`: sampled, the MAP one-hot or the expected one.
+    def _assignment(self, probs, batch_size, stochastic: bool, training: bool = False):
+        """Float32 assignment `[batch or 1, filters, T + 1]` from `p` (`probs`): sampled, the MAP one-hot or the
+        expected one.
 
         In training, the sample is blended with the expected assignment by the `sampling_noise` weight `s`
         (`s = 1`, the default, is the sample itself).
         """
-        assignment = self._sampled_or_deterministic(batch_size, stochastic)
-        if not (training and stochastic):
+        assignment = self._sampled_or_deterministic(probs, batch_size, stochastic)
+        if not (training and stochastic and self.samples):
             return assignment
         noise = ops.cast(self.sampling_noise, "float32")
         # The expected assignment (256 relaxed draws for soft samples) is only computed during a warm-up.
         return ops.cond(
             noise < 1.0,
-            lambda: noise * assignment + (1.0 - noise) * self.expected_assignment()[None],
+            lambda: noise * assignment + (1.0 - noise) * self.expected_assignment(probs=probs)[None],
             lambda: assignment,
         )
 
-    def _sampled_or_deterministic(self, batch_size, stochastic: bool):
+    def _sampled_or_deterministic(self, probs, batch_size, stochastic: bool):
+        if self.is_committed:
+            return probs[None]
         if not stochastic:
             if current_deterministic() == "expected":
-                return self.expected_assignment()[None]
+                return self.expected_assignment(probs=probs)[None]
             # MAP; ties go to the later group (see `map_assignment`)
-            return ops.one_hot(groups.map_group(self.probabilities(), xp=ops), self.num_groups)[None]
-        probs = self.probabilities()
+            return ops.one_hot(groups.map_group(probs, xp=ops), self.num_groups)[None]
         num_samples = current_num_samples()
         sample_shape = [batch_size] if self.sampling == "per_example" else [num_samples]
         distribution = _distributions().RelaxedOneHotCategorical(
@@ -599,7 +726,8 @@ class SFGConv(keras.layers.Layer):
             return tuple(outputs)
         first = next(iter(group_inputs.values()))
         batch_size = ops.shape(first)[0]
-        assignment = self._assignment(batch_size, stochastic, training=bool(training))
+        probs = self.probabilities()  # once per pass: the logits' gradient is the total of every use
+        assignment = self._assignment(probs, batch_size, stochastic, training=bool(training))
         mask_shape = [-1] + [1] * self.rank + [self.filters]
         convolved = {}
         for i, g in enumerate(self.active_groups):
@@ -611,30 +739,54 @@ class SFGConv(keras.layers.Layer):
             mask = ops.reshape(ops.cast(assignment[..., g], y.dtype), mask_shape)
             outputs[g] = y * mask
         if self.learns_p and self.entropy_weight > 0:
-            self.add_loss(self.entropy_penalty())
+            self.add_loss(self.entropy_penalty(probs))
         return tuple(outputs)
 
-    # === Packed execution of a fixed assignment ===
+    # === Packed execution of a fixed or committed assignment ===
 
     @property
     def packable(self) -> bool:
-        """Whether the layer can run on packed streams (`call_packed`): a fixed assignment whose groups are
-        consecutive blocks in group order (every built-in baseline) and `merge="sum"`."""
-        if not self.is_fixed or self.merge != "sum":
-            return False
-        return bool(np.all(np.diff(np.asarray(self.fixed_assignment)) >= 0))
+        """Whether the layer can run on packed streams (`call_packed`): it does not sample (a fixed assignment, in any
+        kernel order, or a committed one) and merges streams by `"sum"`."""
+        return self.channel_assignment is not None and self.merge == "sum"
+
+    def _norm_channels(self, i: int) -> np.ndarray:
+        """The output channels that group `active_groups[i]`'s norm and activation cover, in their order."""
+        return self.group_channels(self.active_groups[i])
+
+    def _packing_indices(self) -> dict:
+        """Gather indices between packed output channels and the groups' norm / activation parameters.
+
+        The groups' parameters are concatenated in `active_groups` order (`flat`); output channel `k` of group
+        `a[k]` reads position `flat_index[k]`. A fixed group's norm covers its own channels only; a committed layer's
+        norms cover every channel, of which each group owns those assigned to it (`owned[i]`).
+        """
+        if self._packing is None:
+            assignment = self.channel_assignment
+            offsets, flat_index, owned = 0, np.zeros(self.filters, dtype="int32"), []
+            for i, g in enumerate(self.active_groups):
+                channels = self._norm_channels(i)
+                mine = assignment[channels] == g
+                flat_index[channels[mine]] = offsets + np.flatnonzero(mine)
+                owned.append(mine)
+                offsets += len(channels)
+            identity = offsets == self.filters and np.array_equal(flat_index, np.arange(self.filters))
+            self._packing = {"flat_index": None if identity else flat_index, "owned": owned}
+        return self._packing
 
     def call_packed(self, inputs, input_assignment=None, training=None):
         """The layer on packed streams: one tensor holding every group's channels side by side.
 
-        With a fixed assignment the groups' output channels are disjoint, so the `T + 1` streams of the dense
-        formulation (each `filters` wide, zero outside its own channels) add up to one tensor without losing
-        anything: `packed = sum_g F_g`. Given the previous layer's packed output and its assignment, task `t`'s
-        input `merge(F_t, F_s)` is the packed tensor restricted to the channels of `t` and `shared`, so every group
-        is computed by one convolution with the kernel masked to the (input group, output group) pairs the dense
-        formulation connects: `mask[i, k] = a_in[i] in (a[k], shared)`. Then each group's batch norm and activation
-        run on its own block of channels. Values, gradients and batch-norm updates equal the dense formulation;
-        the cost is that of one plain convolution layer.
+        With an assignment that does not change from pass to pass (fixed or committed) the groups' output channels
+        are disjoint, so the `T + 1` streams of the dense formulation (each `filters` wide, zero outside its own
+        channels) add up to one tensor without losing anything: `packed = sum_g F_g`. Given the previous layer's
+        packed output and its assignment, task `t`'s input `merge(F_t, F_s)` is the packed tensor restricted to the
+        channels of `t` and `shared`, so every group is computed by one convolution with the kernel masked to the
+        (input group, output group) pairs the dense formulation connects: `mask[i, k] = a_in[i] in (a[k], shared)`.
+        Then each group's batch norm and activation run on its own channels (one per-channel operation when the
+        groups' norms and activations are alike, gathering each channel's parameters from its group). Values,
+        gradients and the batch-norm updates of every channel a group owns equal the dense formulation; the cost is
+        that of one plain convolution layer.
 
         Args:
             inputs: the image (first layer; `input_assignment=None`) or the packed output of the previous SFG layer.
@@ -642,15 +794,18 @@ class SFGConv(keras.layers.Layer):
             training: bool or None.
 
         Returns:
-            The packed output `[batch, *spatial, filters]` (group `g`'s channels are its own kernels').
+            The packed output `[batch, *spatial, filters]` (channel `k` is kernel `k`'s output in its group).
         """
         if not self.packable:
-            raise ValueError(f"{self.name}: packed execution needs a block-ordered fixed assignment and merge='sum'.")
+            raise ValueError(
+                f"{self.name}: packed execution needs an assignment that does not change (fixed, or committed with "
+                f"`commit()`) and merge='sum'. Received: a sampling layer or merge={self.merge!r}."
+            )
         inputs = ops.cast(inputs, self.compute_dtype)
         kernel = ops.cast(self.kernel, self.compute_dtype)
         if input_assignment is not None:
             source = np.asarray(input_assignment)[:, None]
-            target = np.asarray(self.fixed_assignment)[None, :]
+            target = self.channel_assignment[None, :]
             connected = (source == target) | (source == self.num_tasks)
             if not connected.all():
                 kernel = kernel * ops.cast(ops.convert_to_tensor(connected.astype("float32")), kernel.dtype)
@@ -658,16 +813,21 @@ class SFGConv(keras.layers.Layer):
         if self._packed_fusable():
             return self._packed_normalise_and_activate(y, training)
         parts = []
-        for i, g in enumerate(self.active_groups):
-            start, stop = self._group_block[g]
-            block = y if stop - start == self.filters else y[..., start:stop]
+        for i in range(len(self.active_groups)):
+            channels = self._norm_channels(i)
+            block = y if len(channels) == self.filters else ops.take(y, channels, axis=-1)
             parts.append(self.group_activations[i](self.group_norms[i](block, training=training)))
-        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+        return self._gather_channels(_side_by_side(parts, axis=-1))
+
+    def _gather_channels(self, flat):
+        """The packed tensor (or per-channel parameter) from the groups' side-by-side channels (`_packing_indices`)."""
+        index = self._packing_indices()["flat_index"]
+        return flat if index is None else ops.take(flat, index, axis=-1)
 
     def _packed_fusable(self) -> bool:
         """Whether the groups' batch norms and activations can run as one per-channel operation on packed output:
-        batch norm is per channel, so the groups' norms over their own blocks are one norm with their parameters
-        side by side (likewise PReLU)."""
+        batch norm is per channel, so the groups' norms over their own channels are one norm with their parameters
+        gathered per channel (likewise PReLU)."""
         norms = self.group_norms
         return (
             all(type(n) is BatchStatisticsNormalization and n.scale and n.center and not n.renorm for n in norms)
@@ -679,29 +839,41 @@ class SFGConv(keras.layers.Layer):
             )
         )
 
+    def _per_channel(self, variables):
+        """One parameter per packed output channel from the groups' variables (float32)."""
+        flat = _side_by_side([ops.reshape(ops.cast(v, "float32"), [-1]) for v in variables], axis=0)
+        return self._gather_channels(flat)
+
+    def _update_moving_statistics(self, mean, variance) -> None:
+        """Moves each group's statistics of the channels it owns towards the batch's (`momentum` as Keras' BN)."""
+        owned = self._packing_indices()["owned"]
+        for i, norm in enumerate(self.group_norms):
+            channels = self._norm_channels(i)
+            decay = 1.0 - norm.momentum
+            for statistic, batch in ((norm.moving_mean, mean), (norm.moving_variance, variance)):
+                batch = batch if len(channels) == self.filters else ops.take(batch, channels, axis=0)
+                updated = statistic * (1.0 - decay) + ops.cast(batch, statistic.dtype) * decay
+                if not owned[i].all():  # a committed layer's norm: other groups' channels keep their statistics
+                    updated = ops.where(ops.convert_to_tensor(owned[i]), updated, statistic)
+                statistic.assign(updated)
+
     def _packed_normalise_and_activate(self, y, training):
         norms, first = self.group_norms, self.group_norms[0]
         x = ops.cast(y, "float32")
         axes = list(range(self.rank + 1))
         if training and first.trainable:
             mean, variance = ops.moments(x, axes=axes)
-            start = 0
-            for norm in norms:
-                stop = start + norm.moving_mean.shape[0]
-                momentum = norm.momentum
-                norm.moving_mean.assign(norm.moving_mean * momentum + mean[start:stop] * (1.0 - momentum))
-                norm.moving_variance.assign(norm.moving_variance * momentum + variance[start:stop] * (1.0 - momentum))
-                start = stop
+            self._update_moving_statistics(mean, variance)
         elif first.inference_statistics == "batch":
             mean, variance = batch_moments(x, current_num_samples())
         else:
-            mean = _side_by_side([ops.cast(n.moving_mean, "float32") for n in norms], axis=0)
-            variance = _side_by_side([ops.cast(n.moving_variance, "float32") for n in norms], axis=0)
-        gamma = _side_by_side([ops.cast(n.gamma, "float32") for n in norms], axis=0)
-        beta = _side_by_side([ops.cast(n.beta, "float32") for n in norms], axis=0)
+            mean = self._per_channel([n.moving_mean for n in norms])
+            variance = self._per_channel([n.moving_variance for n in norms])
+        gamma = self._per_channel([n.gamma for n in norms])
+        beta = self._per_channel([n.beta for n in norms])
         out = (x - mean) * (ops.rsqrt(variance + first.epsilon) * gamma) + beta
         if isinstance(self.group_activations[0], keras.layers.PReLU):
-            alpha = _side_by_side([ops.cast(a.alpha, "float32") for a in self.group_activations], axis=-1)
+            alpha = self._per_channel([a.alpha for a in self.group_activations])
             out = ops.relu(out) - alpha * ops.relu(-out)
         else:
             out = self.group_activations[0].activation(out)
@@ -753,7 +925,9 @@ class SFGConv(keras.layers.Layer):
             "init_mode": self.init_mode,
             "learn_p": self.learn_p,
             "grouping_lr_multiplier": self.grouping_lr_multiplier,
+            "grouping_step": self.grouping_step,
             "fixed_assignment": self.fixed_assignment,
+            "committed_assignment": self.committed_assignment,
             "hard": self.hard,
             "sampling": self.sampling,
             "merge": self.merge,

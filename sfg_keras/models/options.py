@@ -12,33 +12,45 @@ import keras
 from sfg_keras.groups import GROUPINGS
 from sfg_keras.layers.batch_statistics_normalization import _INFERENCE_STATISTICS
 from sfg_keras.layers.grouping import INIT_MODES, validate_p0
-from sfg_keras.layers.sfg_conv import _MERGE, _SAMPLING
+from sfg_keras.layers.sfg_conv import _GROUPING_STEPS, _MERGE, _SAMPLING
 from sfg_keras.layers.temperature_schedule import TemperatureSchedule
 from sfg_keras.models.grouping_modes import sfg_conv_options
+from sfg_keras.recipes import DEFAULT_RECIPE, recipe_p0, recipe_values
 
 # `[NETWORK] activation_function` choices that Keras spells differently.
 _KERAS_ACTIVATION_NAMES = {"leakyrelu": "leaky_relu"}
 
 
-def _sfg_fields(sfg: Mapping[str, Any], max_iter: int) -> dict[str, Any]:
-    """The options set by the `[SFG]` keys that a recipe also sets (`sfg_keras.recipes.recipe_values`)."""
+def _schedule(sfg: Mapping[str, Any], max_iter: int | None) -> TemperatureSchedule:
+    """The grouping schedule of the `[SFG]` values: in steps for a run of `max_iter`, or relative to the run."""
+    fractions = {key: float(sfg[key]) for key in TemperatureSchedule.RUN_FRACTION_KEYS}
+    if max_iter is None:
+        return TemperatureSchedule.relative(**fractions)
+    return TemperatureSchedule.for_run(int(max_iter), **fractions)
+
+
+def _sfg_fields(sfg: Mapping[str, Any], max_iter: int | None) -> dict[str, Any]:
+    """The options set by the `[SFG]` keys that a recipe also sets (`sfg_keras.recipes.recipe_values`); the schedule
+    is relative to the run when `max_iter` is None."""
     return {
         "p_init": tuple(sfg["p0"]) or None,
         "init_mode": sfg["init"],
         "hard": bool(sfg["hard"]),
         "sampling": sfg["sampling"],
         "grouping_lr_multiplier": float(sfg["grouping_lr_multiplier"]),
+        "grouping_step": sfg["grouping_step"],
         "kernel_l2": float(sfg["lambda1"]),
         "entropy_weight": float(sfg["lambda2"]),
-        "temperature_schedule": TemperatureSchedule.for_run(
-            int(max_iter),
-            tau0=float(sfg["tau0"]),
-            tau_min=float(sfg["tau_min"]),
-            tau_decay=float(sfg["tau_decay"]),
-            tau_decay_until=float(sfg["tau_decay_until"]),
-            sampling_warmup=float(sfg["sampling_warmup"]),
-        ),
+        "temperature_schedule": _schedule(sfg, max_iter),
     }
+
+
+# The default recipe's values (`p0` aside, which depends on the number of tasks): the defaults of `NetworkOptions`.
+_DEFAULTS = recipe_values(DEFAULT_RECIPE, num_tasks=1)
+
+
+def _default_schedule() -> TemperatureSchedule:
+    return _schedule(_DEFAULTS, max_iter=None)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -62,14 +74,19 @@ class NetworkOptions:
     (`[SFG] lambda1`, `tau0`, ...) to these fields; `from_recipe` gives a named recipe's values. The object is
     immutable and validated on construction; `replace` returns a changed, re-validated copy.
 
+    The defaults are the default recipe, `search_commit` (`sfg_keras.recipes`): a balanced start, a 20% search
+    under a decaying entropy bonus with normalised logit steps, then a commit to the MAP architecture, trained for
+    the rest of the run at hard-sharing cost. Its schedule is relative to the run: `fit` resolves it from the number
+    of steps it trains (`TemperatureSchedule.relative`). `NetworkOptions.from_recipe("paper", ...)` is the paper's.
+
     Args:
         width_multiplier: float > 0. Multiplies every width of the architecture. Defaults to 1.0.
         grouping: str. `"learned"` (SFG) or a baseline: `"constant_p"`, `"constant_mask"`, `"hard_sharing"`,
             `"single_task"`, `"cross_stitch"` (see `sfg_keras.models.grouping_modes`). Defaults to `"learned"`.
         p_init: initial grouping probabilities `(task_1, ..., task_T, shared)` of `learned` layers, positive and
-            summing to 1, or None for `default_p0` (shared 0.6, the rest split evenly). Defaults to None.
+            summing to 1, or None for the default recipe's (uniform over the `T + 1` groups). Defaults to None.
         init_mode: str. Initial `p` per kernel: `"constant"`, `"random"` or `"vertex"`. Defaults to `"constant"`.
-        hard: bool. Straight-through one-hot samples (False: relaxed samples as soft weights). Defaults to True.
+        hard: bool. Straight-through one-hot samples (False: relaxed samples as soft weights). Defaults to False.
         sampling: str. `"per_example"` or `"per_batch"` architecture samples. Defaults to `"per_example"`.
         merge: str. How a task stream meets the shared stream: `"sum"` or `"concat"`. Defaults to `"sum"`.
         activation: str. `"prelu"` or a Keras activation name. Defaults to `"prelu"`.
@@ -77,11 +94,14 @@ class NetworkOptions:
             `"batch"`.
         kernel_l2: float >= 0. L2 weight on the convolution kernels. Defaults to 1e-6.
         entropy_weight: float >= 0. Weight of the entropy bonus on the grouping probabilities. Defaults to 1e-5.
-        temperature_schedule: `TemperatureSchedule` of the Gumbel-softmax temperature (its `tau0` is every SFG
-            layer's initial `temperature`). Defaults to `TemperatureSchedule()`.
+        temperature_schedule: `TemperatureSchedule` of the search: temperature (its `tau0` is every SFG layer's
+            initial `temperature`), sampling warm-up, entropy schedule and commit. Defaults to the default recipe's,
+            relative to the run.
         seed: int >= 0 or None. Base seed of the SFG layers' sampling (layer `i` uses `seed + i`). Defaults to
             None.
-        grouping_lr_multiplier: float > 0. Step-size multiplier of the grouping logits. Defaults to 1.0.
+        grouping_lr_multiplier: float > 0. Step-size multiplier of the grouping logits. Defaults to 10.0.
+        grouping_step: str. `"raw"` or `"normalized"` (each layer's logit gradient rescaled to unit root-mean-square
+            at every step). Defaults to `"normalized"`.
         rank: int. Spatial rank of the layers: 2 (images) or 3 (volumes). Defaults to 2.
 
     Example:
@@ -96,17 +116,18 @@ class NetworkOptions:
     width_multiplier: float = 1.0
     grouping: str = "learned"
     p_init: tuple[float, ...] | None = None
-    init_mode: str = "constant"
-    hard: bool = True
-    sampling: str = "per_example"
+    init_mode: str = _DEFAULTS["init"]
+    hard: bool = _DEFAULTS["hard"]
+    sampling: str = _DEFAULTS["sampling"]
     merge: str = "sum"
     activation: str = "prelu"
     inference_statistics: str = "batch"
-    kernel_l2: float = 1e-6
-    entropy_weight: float = 1e-5
-    temperature_schedule: TemperatureSchedule = dataclasses.field(default_factory=TemperatureSchedule)
+    kernel_l2: float = _DEFAULTS["lambda1"]
+    entropy_weight: float = _DEFAULTS["lambda2"]
+    temperature_schedule: TemperatureSchedule = dataclasses.field(default_factory=_default_schedule)
     seed: int | None = None
-    grouping_lr_multiplier: float = 1.0
+    grouping_lr_multiplier: float = _DEFAULTS["grouping_lr_multiplier"]
+    grouping_step: str = _DEFAULTS["grouping_step"]
     rank: int = 2
 
     def __post_init__(self) -> None:
@@ -143,6 +164,7 @@ class NetworkOptions:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ValueError(f"`seed` must be None or an int >= 0. Received: seed={self.seed!r}")
         _check_number("grouping_lr_multiplier", self.grouping_lr_multiplier, 0, inclusive=False)
+        _check_choice("grouping_step", self.grouping_step, _GROUPING_STEPS)
         if self.rank not in (2, 3) or isinstance(self.rank, bool):
             raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={self.rank!r}")
 
@@ -182,13 +204,16 @@ class NetworkOptions:
         )
 
     @classmethod
-    def from_recipe(cls, recipe: str, num_tasks: int, max_iter: int, **changes: Any) -> NetworkOptions:
-        """The options of a named training recipe (`sfg_keras.recipes`: `"paper"` or `"fast"`) for a run.
+    def from_recipe(
+        cls, recipe: str, num_tasks: int, max_iter: int | None = None, **changes: Any
+    ) -> NetworkOptions:
+        """The options of a named training recipe (`sfg_keras.recipes.RECIPES`) for a run.
 
         Args:
-            recipe: str. `"paper"` or `"fast"`.
+            recipe: str. A name in `sfg_keras.recipes.RECIPES`.
             num_tasks: int. Number of tasks `T` (the recipe's `p_init` has `T + 1` values).
-            max_iter: int. Training steps of the run (the `fast` temperature schedule is relative to it).
+            max_iter: int or None. Training steps of the run, for the parts of the schedule given in fractions of
+                it; None keeps the schedule relative, resolved by `fit` from its number of steps.
             **changes: other fields, e.g. `grouping` or `width_multiplier`; they win over the recipe.
 
         Returns:
@@ -200,8 +225,6 @@ class NetworkOptions:
         model = sfg_vgg11(tasks, NetworkOptions.from_recipe("fast", num_tasks=2, max_iter=5000, seed=0))
         ```
         """
-        from sfg_keras.recipes import recipe_values
-
         return cls(**{**_sfg_fields(recipe_values(recipe, num_tasks), max_iter), **changes})
 
     def replace(self, **changes: Any) -> NetworkOptions:
@@ -234,7 +257,8 @@ class NetworkOptions:
         layer = SFGConv(16, 3, seed=0, **NetworkOptions(grouping="constant_mask").sfg_conv_kwargs(16, num_tasks=2))
         ```
         """
-        grouping = sfg_conv_options(self.grouping, filters, num_tasks, self.p_init)
+        p_init = recipe_p0(DEFAULT_RECIPE, num_tasks) if self.p_init is None else self.p_init
+        grouping = sfg_conv_options(self.grouping, filters, num_tasks, p_init)
         kwargs = {
             "num_tasks": num_tasks,
             "rank": self.rank,
@@ -248,10 +272,11 @@ class NetworkOptions:
             "entropy_weight": self.entropy_weight,
             "temperature": self.temperature_schedule.tau0,
             "grouping_lr_multiplier": self.grouping_lr_multiplier,
+            "grouping_step": self.grouping_step,
             **grouping,
         }
         if "fixed_assignment" in grouping:
-            del kwargs["init_mode"], kwargs["grouping_lr_multiplier"]
+            del kwargs["init_mode"], kwargs["grouping_lr_multiplier"], kwargs["grouping_step"]
         return kwargs
 
     def residual_block_kwargs(self) -> dict[str, Any]:

@@ -38,11 +38,16 @@ class SFGNetwork(keras.Model):
     first sets the Gumbel-softmax temperature of all SFG layers from the optimizer's step counter
     (`temperature_schedule`), so the schedule is exact per step, under XLA and under tf.distribute.
 
-    Packed execution: when every SFG layer has a fixed assignment (the baselines `hard_sharing`, `constant_mask`,
-    `single_task`, `cross_stitch`), merges are sums and the transforms between SFG layers have no weights, the
-    network runs on packed streams (`SFGConv.call_packed`): one tensor per layer instead of `T + 1` mostly-zero
-    ones, with the same values and gradients, at the cost of a plain network of the same width. Set
-    `packed_execution = False` to run the dense formulation (the reference).
+    Packed execution: when no SFG layer samples (the baselines `hard_sharing`, `constant_mask`, `single_task`,
+    `cross_stitch`, or a learned network after `commit()`), merges are sums and the transforms between SFG layers
+    have no weights, the network runs on packed streams (`SFGConv.call_packed`): one tensor per layer instead of
+    `T + 1` mostly-zero ones, with the same values and gradients, at the cost of a plain network of the same width.
+    Set `packed_execution = False` to run the dense formulation (the reference).
+
+    Search, then commit: `commit()` freezes every learned SFG layer to its MAP assignment; the rest of training
+    trains that fixed-assignment network (packed, at hard-sharing cost), which is then the network MAP inference
+    and the compact export compute. `commit_step` (from the temperature schedule's `commit_at`) makes `fit` and
+    `train_on_batch` commit by themselves once the optimizer has taken that many steps.
 
     Logged during `fit`/`evaluate` besides Keras' per-task losses and metrics: `data_loss` (weighted task losses),
     `weight_term` (L2 penalties), `entropy_term` (`-lambda2 * sum H(p)`) and `temperature`.
@@ -104,6 +109,7 @@ class SFGNetwork(keras.Model):
         self.temperature_tracker = keras.metrics.Mean(name="temperature")
         self.packed_execution = True
         self._packed_masks = None
+        self.plan_version = 0
 
     # === Forward ===
 
@@ -140,7 +146,7 @@ class SFGNetwork(keras.Model):
             if isinstance(layer, SFGConv) and layer.packable and layer.built:
                 if assignment is not None and layer.kernel.shape[-2] != len(assignment):
                     break
-                assignment = np.asarray(layer.fixed_assignment)
+                assignment = layer.channel_assignment
                 continue
             channel_wise = isinstance(layer, PerStream) and layer.packable and assignment is not None
             if not (channel_wise or (isinstance(layer, CrossStitch) and layer.packable(assignment))):
@@ -159,7 +165,7 @@ class SFGNetwork(keras.Model):
         for layer in self.trunk:
             if isinstance(layer, SFGConv):
                 x = layer.call_packed(x, assignment, training=training)
-                assignment = layer.fixed_assignment
+                assignment = layer.channel_assignment
             elif isinstance(layer, PerStream):
                 x = layer.call_packed(x, training=training)
             else:
@@ -169,6 +175,98 @@ class SFGNetwork(keras.Model):
             feature = x if mask.all() else x * ops.cast(ops.convert_to_tensor(mask), x.dtype)
             outputs[task.name] = head(feature, training=training)
         return outputs
+
+    # === Search, then commit ===
+
+    @property
+    def committed(self) -> bool:
+        """Whether the network has learned SFG layers and every one of them is committed."""
+        learned = [layer for layer in self.sfg_layers if not layer.is_fixed]
+        return bool(learned) and all(layer.is_committed for layer in learned)
+
+    @property
+    def commit_step(self) -> int | None:
+        """The optimizer step after which training commits (`temperature_schedule.commit_step`), or None (also while
+        a schedule relative to the run is unresolved)."""
+        return self.temperature_schedule.commit_step
+
+    def resolve_schedule(self, run_steps: int) -> None:
+        """Resolves a schedule given in fractions of the run (`TemperatureSchedule.relative`) for a run of
+        `run_steps` optimizer steps in all (nothing to do for a schedule in steps). `fit` calls it by itself.
+
+        Example:
+
+        ```python
+        model.resolve_schedule(2000)
+        for x, y in batches:
+            model.train_on_batch(x, y)
+        ```
+        """
+        if not self.temperature_schedule.is_relative:
+            return
+        self.temperature_schedule = self.temperature_schedule.resolved(int(run_steps))
+        if self.train_function is not None:  # traced with the unresolved schedule
+            self.make_train_function(force=True)
+
+    def commit(self) -> dict[str, np.ndarray]:
+        """Freezes every learned SFG layer to its MAP assignment (`SFGConv.commit`) and re-plans execution.
+
+        The network then runs packed where it can, and every compiled function (`fit`'s step, `evaluate`,
+        `predict`, this package's inference functions) is traced again on its next use. Committing a committed
+        network changes nothing.
+
+        Returns:
+            Per SFG layer name the committed assignment (fixed layers are left out).
+
+        Example:
+
+        ```python
+        model.fit(data, steps_per_epoch=500)   # search
+        model.commit()                          # freeze to the MAP architecture
+        model.fit(data, steps_per_epoch=1500)   # train the committed network at hard-sharing cost
+        ```
+        """
+        committed = {}
+        for layer in self.sfg_layers:
+            if not layer.is_fixed:
+                committed[layer.name] = layer.channel_assignment if layer.is_committed else layer.commit()
+        self._packed_masks = None
+        self.plan_version += 1
+        if self.train_function is not None:
+            self.make_train_function(force=True)
+        self.test_function = None
+        self.predict_function = None
+        return committed
+
+    def maybe_commit(self) -> bool:
+        """Commits (`commit`) when `commit_step` is set, the optimizer has taken at least that many steps and the
+        network is not committed yet; returns whether it committed now. `fit` (through `GroupingCommit`) and
+        `train_on_batch` call it between steps."""
+        step = self.commit_step
+        if step is None or self.committed or not any(not layer.is_fixed for layer in self.sfg_layers):
+            return False
+        if int(self.optimizer.iterations.numpy()) < step:
+            return False
+        self.commit()
+        return True
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Keras `fit`, committing at `commit_step` when the schedule has one (a `GroupingCommit` callback is added
+        unless one is given)."""
+        from sfg_keras.models.grouping_commit import GroupingCommit
+
+        callbacks = list(callbacks or [])
+        schedule = self.temperature_schedule
+        needs = schedule.commit_step is not None or schedule.is_relative
+        if needs and not any(isinstance(c, GroupingCommit) for c in callbacks):
+            callbacks.insert(0, GroupingCommit())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        """Keras `train_on_batch`, committing before the step once `commit_step` is reached."""
+        if self.optimizer is not None and self.optimizer.built:
+            self.maybe_commit()
+        return super().train_on_batch(*args, **kwargs)
 
     # === Training ===
 
@@ -185,6 +283,12 @@ class SFGNetwork(keras.Model):
         consumed) and the returned logs hold `non_finite_step = 1` (0 otherwise); `NonFiniteGuard` stops or
         counts on it.
         """
+        if self.temperature_schedule.is_relative:
+            raise ValueError(
+                f"{self.name}: its grouping schedule is given in fractions of the run and is not resolved yet. "
+                "`fit` resolves it from its number of steps; before `train_on_batch` or a custom loop call "
+                "`model.resolve_schedule(total_steps)`."
+            )
         apply_temperature(self, self.optimizer.iterations, self.temperature_schedule)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # Statistics updated by the forward pass (batch normalisation) are restored after a non-finite step.
@@ -202,7 +306,10 @@ class SFGNetwork(keras.Model):
         variables = self.trainable_weights
         gradients = tape.gradient(scaled, variables)
         if not self.optimizer.built:  # its slots cannot be created inside the `cond` below (XLA, tf.distribute)
-            self.optimizer.build(variables)
+            self.optimizer.build(variables)  # every trainable variable, so that checkpoints keep one layout
+        # Variables the loss does not reach (the grouping logits of committed layers) are left as they are.
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
         finite = _all_finite([loss, *gradients])
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:  # every replica takes the same branch
