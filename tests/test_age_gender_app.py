@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -642,3 +643,66 @@ def test_end_to_end_csv_labelled_mnist(tmp_path):
     assert len(inferred) == 15 and all(0 <= int(row["digit_mode"]) <= 9 for row in inferred)
     result = sfg_run("evaluation", "-c", str(config), "-a", "age_gender")
     assert "digit: accuracy" in result.stdout and "thickness: MAE" in result.stdout
+
+
+# === Provenance (issues 18 and 20): inference on any data, never scoring a training image ===
+
+
+@pytest.fixture(scope="module")
+def provenance(trained, tmp_path_factory):
+    """The `trained` model_dir's copies, used by one batch of sfg_run commands (see tests/sfg_run_batch.py)."""
+    from sfg_run_batch import Batch
+
+    root = tmp_path_factory.mktemp("age_gender_provenance")
+    new = root / "new"
+    make_utkface_folder(new, num_images=6, size=32, seed=9, num_malformed=0)
+    record = json.loads((trained["model_dir"] / "run_record.json").read_text())
+    trained_image = sorted(record["trained_on"])[0]
+    with_copy = root / "new_with_copy"
+    shutil.copytree(new, with_copy)
+    shutil.copy(trained["model_dir"].parent / "faces" / trained_image, with_copy / "holiday_photo.jpg")
+    batch = Batch(root, trained["config"], app="age_gender")
+    batch.run("copied_training_image_in_another_folder", "inference", trained["model_dir"], f"--input_dir={with_copy}",
+              "--save_seg_dir=output_refused")
+    other = batch.copy(trained["model_dir"], "other")
+    batch.run("new_images_in_another_folder", "inference", other, f"--input_dir={new}")
+    batch.run("evaluation_of_another_folder", "evaluation", other, f"--input_dir={new}")
+    everything = batch.copy(trained["model_dir"], "everything")
+    batch.run("every_image_on_purpose", "inference", everything, "--dataset_to_infer=all", "--inference_mode=map")
+    batch.run("evaluation_leaves_training_images_out", "evaluation", everything)
+    return {"results": batch.execute(), "root": root, "new": new, "trained_image": trained_image}
+
+
+@END_TO_END
+def test_a_copied_training_image_is_refused_and_new_images_are_inferred_and_evaluated(provenance):
+    results = provenance["results"]
+    refused = results["copied_training_image_in_another_folder"]
+    assert refused["returncode"] == 2 and refused["after"] == refused["before"], refused["stderr"][-3000:]
+    assert "'holiday_photo.jpg' (new)" in refused["stderr"]
+    assert f"content of the [IMAGES] file of training subject '{provenance['trained_image']}'" in refused["stderr"]
+
+    inference = results["new_images_in_another_folder"]
+    assert inference["returncode"] == 0, inference["stderr"][-3000:]
+    before, after = inference["before"]["model_dir"], inference["after"]["model_dir"]
+    for name in ("dataset_split.csv", "run_record.json", "lineage.json", "image_statistics.json", ".input_scans.json"):
+        assert before[name] == after[name], name  # a new image never changes a file training wrote
+    rows = read_csv_rows(provenance["root"] / "other" / "output" / "inferred.csv")
+    assert sorted(row["subject"] for row in rows) == sorted(p.name for p in provenance["new"].iterdir())
+    assert {(row["phase"], row["trained_on"]) for row in rows} == {("new", "no")}
+    evaluation = results["evaluation_of_another_folder"]
+    assert evaluation["returncode"] == 0 and "age: MAE" in evaluation["stdout"] and "over 6 images" in evaluation[
+        "stdout"], evaluation["stderr"][-3000:]
+
+
+@END_TO_END
+def test_training_images_inferred_on_purpose_are_never_scored(provenance, trained):
+    results = provenance["results"]
+    assert results["every_image_on_purpose"]["returncode"] == 0
+    evaluation = results["evaluation_leaves_training_images_out"]
+    assert evaluation["returncode"] == 0, evaluation["stderr"][-3000:]
+    split = read_split(trained["model_dir"])
+    training = sorted(s for s, phase in split.items() if phase == "Training")
+    assert f"evaluation leaves out {len(training)} subject(s) the model was trained on" in evaluation["stdout"]
+    metrics = read_csv_rows(provenance["root"] / "everything" / "evaluation" / "age_gender_metrics.csv")
+    assert not set(training) & {row["subject"] for row in metrics}
+    assert len(metrics) == NUM_VALID + NUM_MALFORMED - len(training)
