@@ -414,6 +414,9 @@ class Driver:
         later history, and records the new run in the lineage (chief only)."""
         self.remove_leftovers()
         lineage = CheckpointLineage(self.model_dir)
+        if not lineage.recorded:  # checkpoints of an older sfg-keras: recorded as they are
+            invalid = {path for path, _ in plan.invalid}
+            lineage.adopt([path for path in list_checkpoints(self.checkpoint_dir).values() if path not in invalid])
         if plan.invalid:
             moved = lineage.set_aside([path for path, _ in plan.invalid], self.checkpoint_dir / CORRUPT_DIR)
             print(f"[sfg_run] set aside {len(moved)} invalid checkpoint(s): "
@@ -674,8 +677,8 @@ class Driver:
         self.application.prepare(fit=False)
         self._describe_predictions()
         self.remove_leftovers(self.application.evaluation_dir)
+        written = self.application.evaluate()  # checks everything before it writes
         write_settings(self.settings)
-        written = self.application.evaluate()
         for path in written:
             print(f"Wrote {path}")
         return written

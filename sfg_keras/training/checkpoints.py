@@ -158,6 +158,19 @@ class CheckpointLineage:
         self.save()
         return self.run_id
 
+    def adopt(self, paths: list[Path]) -> None:
+        """Records checkpoint files written before lineages existed (an older sfg-keras), in iteration order, each
+        the parent of the next, with the content they have now (run `null`, marked `adopted`)."""
+        parent = None
+        for path in sorted(paths, key=checkpoint_step):
+            key = self.key(path)
+            if key not in self.data["checkpoints"]:
+                self.data["checkpoints"][key] = {
+                    "iteration": checkpoint_step(path), "run": None, "parent": parent, "sha256": file_sha256(path),
+                    "size": path.stat().st_size, "adopted": "written before checkpoint lineages were recorded",
+                }
+            parent = key
+
     def record(self, path: str | os.PathLike, step: int, sha256: str, size: int) -> None:
         """Records the checkpoint `path` of iteration `step` written by the current run (call before it is renamed
         into place: an entry without its file is harmless, a file without its entry would be foreign)."""
