@@ -143,6 +143,22 @@ def test_archived_branch_keeps_its_lineage_and_is_named_when_asked_for(tmp_path)
         check_branch_name("../x", model_dir)
 
 
+def test_checkpoints_of_an_older_version_are_adopted_not_taken_for_foreign_files(tmp_path):
+    model_dir, model = tmp_path / "model", _tiny_model()
+    for step in (2, 4):
+        save_checkpoint(model, model_dir / "models", step)  # no lineage: an older sfg-keras
+    lineage = CheckpointLineage(model_dir)
+    assert not lineage.recorded and lineage.problem(model_dir / "models" / "model-4.keras") is None
+    lineage.adopt(sorted((model_dir / "models").glob("*.keras")))
+    lineage.start_run(model_dir / "models" / "model-4.keras", 4, 6)
+    save_checkpoint(model, model_dir / "models", 6, lineage=lineage)
+    reloaded = CheckpointLineage(model_dir)
+    assert all(reloaded.problem(path) is None for path in (model_dir / "models").glob("*.keras"))
+    assert reloaded.history(model_dir / "models" / "model-6.keras") == [
+        "models/model-6.keras", "models/model-4.keras", "models/model-2.keras"]
+    assert reloaded.entry(model_dir / "models" / "model-2.keras")["adopted"]
+
+
 # === The SIGKILL loop through sfg_run ===
 
 KILL_CONFIG = """
