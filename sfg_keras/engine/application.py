@@ -16,6 +16,7 @@ The driver calls the hooks in this order:
    mode and hands the predictions (the schema of `sfg_keras.inference.predict`) to `write_outputs`; then
    `finish_inference(written)`.
 5. Evaluation: `evaluate()`.
+6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside the SavedModel).
 
 Provenance (`sfg_keras.engine.provenance`): `subject_files(subjects)` lists each subject's input files; the engine
 records the split and the training subjects' fingerprints in `model_dir/run_record.json` when training starts.
@@ -24,7 +25,6 @@ found (the split file is read, never written; `[INFERENCE] input_dir` searches a
 the model was trained on; `provenance_columns(subject)` adds its phase, `trained_on` and input SHA-256 to the
 predictions table. At evaluation, `evaluation_subjects(rows, found)` refuses predictions of a trained-on subject or
 of another file than the one found now.
-6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside the SavedModel).
 
 Example:
 
