@@ -31,6 +31,7 @@ import tensorflow as tf
 from sfg_keras.config import KeySpec, SectionSettings, TaskSpec
 from sfg_keras.data import random_scale_rotate
 from sfg_keras.data.sampler import batch_examples, example_order
+from sfg_keras.engine import provenance
 from sfg_keras.engine.application import BaseApplication, InferenceInput
 from sfg_keras.io.atomic import atomic_write_json
 from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, ScanCache
@@ -105,6 +106,7 @@ class AgeGenderApplication(BaseApplication):
         self._scans: ScanCache | None = None
         self._inferred: dict[str, list[str]] = {}
         self._inferred_header: list[str] = []
+        self._to_infer: list[str] | None = None
         super().__init__(settings)
 
     # === Settings ===
@@ -274,8 +276,35 @@ class AgeGenderApplication(BaseApplication):
         ```
         """
         if self._images is None:
-            self._images = read_labelled_images(self.settings, self.image_section, self.tasks)
+            self._images = read_labelled_images(self.settings, self.image_section, self.tasks,
+                                                **self._reading_options())
         return self._images
+
+    def _reading_options(self) -> dict:
+        """Only training needs every label (an image without one is not scored by evaluation); inference and
+        evaluation search `[INFERENCE] input_dir` when it is set."""
+        return {"labels_required": self.settings.action == "train", "search": self.input_dir}
+
+    def training_image_set(self) -> LabelledImages:
+        """The images of the input section itself (never `[INFERENCE] input_dir`), with their labels: where the
+        training images are, for the evaluation's baselines."""
+        if self.input_dir is None and self.settings.action != "inference":
+            return self.image_set()
+        return read_labelled_images(self.settings, self.image_section, self.tasks)
+
+    def subject_files(self, subjects: list[str]) -> dict[str, dict[str, str]]:
+        """`{image id: {image section: file}}` of `subjects`."""
+        images = self.image_set().select(subjects)
+        return {subject: {self.image_section: path} for subject, path in zip(images.subjects, images.paths)}
+
+    def num_training_examples(self) -> int | None:
+        """The training images used (after `prepare`)."""
+        return len(self.training_subjects(self._subject_split())) if self._split is not None else None
+
+    def describe_training_examples(self) -> str:
+        """E.g. "training images of [IMAGES] (training_fraction = 1)"."""
+        return (f"training images of [{self.image_section}] (training_fraction = "
+                f"{self.settings.training.training_fraction:g})")
 
     def _subject_split(self) -> dict[str, str]:
         """`{subject: phase}` of every image: `split(subjects)` of the base class, made once and cached."""
@@ -316,15 +345,21 @@ class AgeGenderApplication(BaseApplication):
         ```
         """
         images = self.check_inputs()
+        action = self.settings.action
         if not fit:
             statistics = self._load_statistics()
-            split = self._subject_split()
-            if self.settings.action == "inference":
-                problems = InputProblems(f"images to infer of [{self.image_section}]")
-                self.check_images(images.select(self.subjects_to_infer(split)), problems)
+            if action == "train":
+                self._subject_split()
+            elif action == "inference":
+                found = {subject: {self.image_section: path} for subject, path in zip(images.subjects, images.paths)}
+                self._to_infer = self.choose_inference_subjects(found)
+                where = f"[INFERENCE] input_dir {self.input_dir}" if self.input_dir else f"[{self.image_section}]"
+                problems = InputProblems(f"images to infer of {where}")
+                self.check_images(images.select(self._to_infer), problems)
                 raise_input_problems(problems)
             self._statistics = statistics
-            self._scan_cache().save()
+            if action == "train":  # inference and evaluation change no file that training wrote
+                self._scan_cache().save()
             return
         training = self.training_subjects(self._subject_split())
         if not training:
@@ -354,7 +389,8 @@ class AgeGenderApplication(BaseApplication):
         problems = InputProblems(f"inputs of [{self.image_section}]")
         images = self._images
         if images is None:
-            images = read_labelled_images(self.settings, self.image_section, self.tasks, problems)
+            images = read_labelled_images(self.settings, self.image_section, self.tasks, problems,
+                                          **self._reading_options())
         if self.settings.action == "train":
             self.check_images(images, problems)
         raise_input_problems(problems)
@@ -648,7 +684,10 @@ class AgeGenderApplication(BaseApplication):
         ```
         """
         self._check_prepared()
-        subjects = self.subjects_to_infer(self._subject_split())
+        if self._to_infer is None:
+            raise RuntimeError(f"{type(self).__name__}.inference_inputs() needs prepare(fit=False) with settings of "
+                               f"the inference action (these are for {self.settings.action!r})")
+        subjects = list(self._to_infer)
         images = self.image_set().select(subjects)
         self._inferred, self._inferred_header = {}, []
         batch_size = int(self.settings.inference.batch_size)
@@ -700,7 +739,8 @@ class AgeGenderApplication(BaseApplication):
 
         Columns: `subject`; per regression task `<task>_mean`, `<task>_std` in the original unit (times
         `target_scale`); per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy`
-        (nats).
+        (nats); the provenance of each image: `phase` (its phase in the run record, or `new`), `trained_on` and
+        `input_sha256` (of the image file).
 
         Example:
 
@@ -710,8 +750,10 @@ class AgeGenderApplication(BaseApplication):
         """
         if not self._inferred:
             return []
-        rows = [self._inferred[subject] for subject in sorted(self._inferred)]
-        return [write_table(self.output_dir / INFERRED_FILE, self._inferred_header, rows)]
+        columns = list(provenance.PROVENANCE_COLUMNS)
+        rows = [self._inferred[subject] + [self.provenance_columns(subject)[c] for c in columns]
+                for subject in sorted(self._inferred)]
+        return [write_table(self.output_dir / INFERRED_FILE, self._inferred_header + columns, rows)]
 
     # === Evaluation ===
 
@@ -733,15 +775,12 @@ class AgeGenderApplication(BaseApplication):
         path = self.output_dir / INFERRED_FILE
         rows = read_inferred(path, self.tasks, f"sfg_run inference -c {self.settings.config_path}")
         image_set = self.image_set()
-        known = set(image_set.subjects)
-        unknown = [row["subject"] for row in rows if row["subject"] not in known]
-        if unknown:
-            raise ValueError(
-                f"{path}: subjects {unknown[:5]} are not among the images of [{self.image_section}]; run inference "
-                "again"
-            )
+        found = {subject: {self.image_section: file} for subject, file in zip(image_set.subjects, image_set.paths)}
+        rows = self.evaluation_subjects(rows, found, path)
         images = image_set.select([row["subject"] for row in rows])
-        training = image_set.select(self.training_subjects(self._subject_split()))
+        known = self.training_image_set()
+        trained = sorted(self.run_record().training_subjects & set(known.subjects))
+        training = known.select(trained)
         wanted = {e.lower() for e in self.settings.evaluation.evaluations} or set(EVALUATIONS)
         metric_rows = [{"subject": subject} for subject in images.subjects]
         summaries = []

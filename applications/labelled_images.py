@@ -160,7 +160,8 @@ class LabelledImages:
 
 
 def read_labelled_images(
-    settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None
+    settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None,
+    labels_required: bool = True, search: str | os.PathLike | None = None,
 ) -> LabelledImages:
     """Finds the images of input section `section` and reads the labels of `tasks`, checking every file and cell.
 
@@ -170,6 +171,10 @@ def read_labelled_images(
         tasks: the tasks; each has `label` `filename` or `csv:<column>`.
         problems: where to record the problems of single files, rows and cells (then the images read so far are
             returned and the caller raises); None raises them here, all together.
+        labels_required: False (inference): images need no label: a name that is not a UTKFace name, an image
+            without a CSV row, or a missing `csv_data_file` (with `path_to_search`) leaves its labels missing.
+        search: a folder searched instead of the section's `path_to_search` (`[INFERENCE] input_dir`; the
+            section's `csv_file` is then not used).
 
     Returns:
         A `LabelledImages` sorted by subject id (a bad label is left missing when `problems` is given).
@@ -187,7 +192,7 @@ def read_labelled_images(
     images = read_labelled_images(settings, "IMAGES", settings.task_specs())
     ```
     """
-    reader = _Reader(settings, section, tasks, problems)
+    reader = _Reader(settings, section, tasks, problems, labels_required, search)
     images = reader.read()
     if problems is None:
         raise_input_problems(reader.problems)
@@ -318,6 +323,11 @@ def parse_label(text: str, task: TaskSpec, where: str) -> float | int:
         raise ValueError(f"{where}: {failure.problem}; expected {failure.expected}") from None
 
 
+def _missing(task: TaskSpec) -> float | int:
+    """The missing label of a task: NaN (regression) or -1 (classification)."""
+    return math.nan if task.type == "regression" else -1
+
+
 def _normalise_csv_name(name: str) -> str:
     name = name.strip().replace("\\", "/")
     while name.startswith("./"):
@@ -329,11 +339,15 @@ class _Reader:
     """Reads the images of one input section: problems of single files, rows and cells go to `problems`; missing
     folders and files, and a CSV without a `filename` column, raise at once, naming the file, section and key."""
 
-    def __init__(self, settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None):
+    def __init__(self, settings: Settings, section: str, tasks: list[TaskSpec], problems: InputProblems | None = None,
+                 labels_required: bool = True, search: str | os.PathLike | None = None):
         self.settings = settings
         self.section = settings.inputs[section]
+        if search is not None:
+            self.section = self.section.replace(path_to_search=(str(search),), csv_file="")
         self.name = section
         self.tasks = list(tasks)
+        self.labels_required = labels_required
         self.problems = problems if problems is not None else InputProblems(f"images and labels of [{section}]")
         self._rows: dict[str, dict[str, str]] | None = None
         self._header: list[str] = []
@@ -351,7 +365,9 @@ class _Reader:
             files, skipped, labels = self.filename_labels(files, filename_tasks)
         self.check_unique_names(files)
         csv_tasks = [t for t in self.tasks if t.label.startswith("csv:")]
-        if csv_tasks:
+        if csv_tasks and not self.labels_required and not Path(self.section.csv_data_file or "").is_file():
+            labels.update({task.name: np.asarray([_missing(task)] * len(files)) for task in csv_tasks})
+        elif csv_tasks:
             labels.update(self.csv_labels(files, csv_tasks))
         order = sorted(range(len(files)), key=lambda i: Path(files[i][0]).name)
         return LabelledImages(
@@ -500,7 +516,7 @@ class _Reader:
         for path, relative in files:
             name = Path(path).name
             key = relative if relative in rows else by_name.get(name)
-            if key is None:
+            if key is None and self.labels_required:
                 self.problems.add(
                     path, f"image '{relative}' has no row in {self.csv_where}",
                     f"a 'filename' entry '{relative}' or '{name}' (unique)", name,
@@ -535,6 +551,8 @@ class _Reader:
         kept, fields, skipped = [], [], []
         for path, relative in files:
             parsed = parse_utkface_name(path)
+            if parsed is None and not self.labels_required:
+                parsed = (math.nan, -1, -1)  # an image to infer needs no label
             if parsed is None:
                 skipped.append(Path(path).name)
             else:

@@ -13,12 +13,15 @@ works on 2-D axial slices:
   `([SYSTEM] seed, position)` (nearest neighbour for labels), a random `[MR_CT] patch_size` crop and zero padding to
   `padded_size`, so batch `k` depends only on the seed and `k`. Padding and pixels rotated in from outside the slice
   are masked out of the losses (CT target NaN, label -1).
-- Inference: whole slices padded to a multiple of 8 (one `InferenceInput` per subject), stitched back into volumes
-  and written as NIfTI with the MR's affine and header: `<task>_<subject><postfix>.nii.gz` (synthetic CT in HU,
-  label map) and `<task>_<stat>_<subject><postfix>.nii.gz` (CT standard deviation in HU with `inference_mode = mc`,
-  label entropy), plus `inferred.csv`.
-- Evaluation (`mr_ct_evaluation`): PSNR and MAE (whole volume, bone, per organ) and Dice per organ against the
-  reference CT and labels, next to two trivial references.
+- Inference: the subjects of `[INFERENCE] dataset_to_infer` among those found (the input sections' folders, or
+  `[INFERENCE] input_dir`), checked against the run record (`sfg_keras.engine.provenance`: a subject the model was
+  trained on is refused, the split file is never written); whole slices padded to a multiple of 8 (one
+  `InferenceInput` per subject), stitched back into volumes and written as NIfTI with the MR's affine and header:
+  `<task>_<subject><postfix>.nii.gz` (synthetic CT in HU, label map) and `<task>_<stat>_<subject><postfix>.nii.gz`
+  (CT standard deviation in HU with `inference_mode = mc`, label entropy), plus `inferred.csv` (file names relative
+  to its folder; the subject's phase, `trained_on` and the SHA-256 of its MR).
+- Evaluation (`mr_ct_evaluation`): the references checked up front, then PSNR and MAE (whole volume, bone, per organ)
+  and Dice per organ against the reference CT and labels, next to two trivial references.
 
 The volume and slice handling is in `mr_ct_data`, the evaluation in `mr_ct_evaluation`.
 """
@@ -58,7 +61,7 @@ from sfg_keras.io import (
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache
 
 from . import mr_ct_evaluation
-from .mr_ct_checks import check_subjects, section_roles
+from .mr_ct_checks import FileRole, check_subjects, section_roles
 from .mr_ct_data import (
     SliceData,
     SubjectContext,
@@ -119,7 +122,16 @@ class MRCTApplication(BaseApplication):
                 "label_names", "str_list", DEFAULT_LABEL_NAMES,
                 "Name of each label value 0..C-1 of the segmentation task (metric column names).",
             ),
-            KeySpec("bone_label", "int", 1, "Label value of bone (regions of psnr_bone and mae_bone).", minimum=0),
+            KeySpec(
+                "bone_label", "int", 1,
+                "Label value of bone (regions of psnr_bone and mae_bone); must be the label named 'bone' when "
+                "label_names has one.", minimum=1,
+            ),
+            KeySpec(
+                "check_hounsfield", "bool", True,
+                "Refuse CT references whose values cannot be Hounsfield units (no voxel below -900 HU, e.g. HU + 1024 "
+                "stored unsigned); False accepts them.",
+            ),
         ]
     }
     name = "mr_ct"
@@ -130,6 +142,7 @@ class MRCTApplication(BaseApplication):
         self.training_data: SliceData | None = None
         self.validation_data: SliceData | None = None
         self._rows_to_infer: list[dict[str, str | None]] | None = None
+        self._rows: dict[str, dict] | None = None  # the matched files of every subject (training)
         self._training_files: list[str] | None = None
         self._inferred: dict[str, dict[str, str]] = {}
         super().__init__(settings)
@@ -197,7 +210,20 @@ class MRCTApplication(BaseApplication):
                 )
             if app.bone_label >= classes:
                 raise self.config_error(
-                    SECTION, "bone_label", app.bone_label, f"expected a label value in 0..{classes - 1}"
+                    SECTION, "bone_label", app.bone_label, f"expected a label value in 1..{classes - 1}"
+                )
+            names = [str(name).strip().lower() for name in app.label_names]
+            if "mean" in names[1:]:
+                raise self.config_error(
+                    SECTION, "label_names", app.label_names,
+                    "a label named 'mean' would write its Dice over dice_mean, the mean Dice; expected another name",
+                )
+            if "bone" in names and names.index("bone") != app.bone_label:
+                raise self.config_error(
+                    SECTION, "bone_label", app.bone_label,
+                    f"label_names = {', '.join(app.label_names)} names label {names.index('bone')} 'bone', but "
+                    f"bone_label {app.bone_label} is {app.label_names[app.bone_label]!r}: psnr_bone and mae_bone would "
+                    f"describe another tissue; expected bone_label = {names.index('bone')}",
                 )
 
     @property
@@ -266,22 +292,48 @@ class MRCTApplication(BaseApplication):
         """The input sections holding the tasks' references, in task order without repeats."""
         return list(dict.fromkeys(task.label for task in self.tasks))
 
-    def match_files(self, sections: Sequence[str]) -> list[dict[str, str | None]]:
-        """`match_subjects` over the named input sections (every one is required for every subject).
+    def match_files(self, sections: Sequence[str], required: Sequence[str] | None = None
+                    ) -> list[dict[str, str | None]]:
+        """`match_subjects` over the named input sections (searching `[INFERENCE] input_dir` instead of their
+        folders when it is set; `required`: the sections every subject must have, default all).
 
         Raises:
             FileNotFoundError, ValueError: from `sfg_keras.io` (missing folder, subject missing a section, ...).
         """
         inputs = []
+        other_folder = self.input_dir
         for name in dict.fromkeys(sections):
             section = self.settings.inputs[name]
             inputs.append(InputSection(
-                name=name, path_to_search=list(section.path_to_search),
+                name=name,
+                path_to_search=[str(other_folder)] if other_folder else list(section.path_to_search),
                 filename_contains=list(section.filename_contains),
                 filename_not_contains=list(section.filename_not_contains),
-                filename_removefromid=section.filename_removefromid or None, csv_file=section.csv_file or None,
+                filename_removefromid=section.filename_removefromid or None,
+                csv_file=None if other_folder else section.csv_file or None,
             ))
-        return match_subjects(inputs, base_dir=self.settings.config_dir)
+        return match_subjects(inputs, base_dir=self.settings.config_dir, required=required)
+
+    def subject_files(self, subjects: list[str]) -> dict[str, dict[str, str]]:
+        """`{subject: {section: file}}` of the MR and reference files of `subjects` (after `prepare`)."""
+        rows = self._prepared(self._rows, "subject_files")
+        sections = [self.image_section, *self.reference_sections]
+        return {subject: {name: str(rows[subject][name]) for name in dict.fromkeys(sections)} for subject in subjects}
+
+    def legacy_training_subjects(self) -> list[str]:
+        """The training subjects listed in `training_statistics.json` by older versions."""
+        if not self.statistics_file.is_file():
+            return []
+        return list(json.loads(self.statistics_file.read_text(encoding="utf-8")).get("training_subjects", []))
+
+    def num_training_examples(self) -> int | None:
+        """The training slices (after `prepare`)."""
+        return len(self.training_data) if self.training_data is not None else None
+
+    def describe_training_examples(self) -> str:
+        """E.g. "axial slices of 7 training subjects"."""
+        data = self.training_data
+        return f"axial slices of {len(data.subjects)} training subjects" if data is not None else ""
 
     # === Normalisation ===
 
@@ -353,10 +405,10 @@ class MRCTApplication(BaseApplication):
             self.standardiser = self.saved_standardiser()
             rows = self.match_files([self.image_section])
             by_subject = {str(row["subject"]): row for row in rows}
-            rows = [by_subject[s] for s in self.subjects_to_infer(self.split(list(by_subject)))]
-            _, cache = self._check_inputs(rows, "MR inputs to infer", [], keep=False)
+            found = {subject: {self.image_section: str(row[self.image_section])} for subject, row in by_subject.items()}
+            rows = [by_subject[s] for s in self.choose_inference_subjects(found)]
+            self._check_inputs(rows, "MR inputs to infer", [], keep=False)  # the cache is training's: not saved
             self._rows_to_infer = rows
-            cache.save()
         elif action == "evaluation":
             self.statistics = self.training_statistics()
 
@@ -389,6 +441,7 @@ class MRCTApplication(BaseApplication):
         if fit:
             self._save_normalisation(standardiser, statistics)
         cache.save()
+        self._rows = rows
         self.standardiser, self.statistics = standardiser, statistics
         self._training_files = [str(rows[s][name]) for s in training for name in dict.fromkeys(sections)]
         print(
@@ -400,9 +453,18 @@ class MRCTApplication(BaseApplication):
         """Checks the MR and the `tasks`' reference files of `rows` (`mr_ct_checks.check_subjects`); returns the
         volumes read (`keep`) and the scan cache, to be saved once the action's preparation succeeded."""
         cache = ScanCache(self.model_dir / SCAN_CACHE_FILE)
-        roles = section_roles(self.image_section, tasks, foreground=bool(self.settings.network.normalisation))
+        roles = section_roles(self.image_section, tasks, foreground=bool(self.settings.network.normalisation),
+                              hounsfield=bool(self.app_settings.check_hounsfield))
         context = f"{context} of {self.settings.config_path}"
         return check_subjects(rows, roles, cache, context, keep=keep), cache
+
+    def check_references(self, rows: list[dict]) -> None:
+        """Checks the reference files of `rows` up front, as training checks its inputs (readable 3-D volumes on
+        the MR's grid, finite, a CT in Hounsfield units, labels in range); raises every problem at once."""
+        cache = ScanCache(self.model_dir / SCAN_CACHE_FILE)  # read only: evaluation changes no file of training
+        roles = [FileRole(self.image_section), *section_roles(
+            None, self.tasks, foreground=False, hounsfield=bool(self.app_settings.check_hounsfield))]
+        check_subjects(rows, roles, cache, f"references to evaluate of {self.settings.config_path}")
 
     def training_files(self) -> list[str]:
         """The files the normalisation and the training statistics are fitted on: the MR and reference files of the
@@ -595,7 +657,7 @@ class MRCTApplication(BaseApplication):
 
         Returns:
             The files written: `<task>_<subject><postfix>.nii.gz` (CT in HU, float32; label map, uint8) and
-            `<task>_std_...` (CT std in HU) / `<task>_entropy_...` (nats).
+            `<task>_std_...` (CT std in HU) / `<task>_entropy_...` (nats); `inferred.csv` gets their names.
         """
         context: SubjectContext = item.context
         entry = {"subject": item.key}
@@ -605,12 +667,15 @@ class MRCTApplication(BaseApplication):
                 path = self.output_dir / self.output_name(task.name, item.key, statistic)
                 save_nifti(path, np.asarray(data).astype(dtype), reference=context.reference, dtype=dtype)  # atomic
                 written.append(path)
-                entry[f"{task.name}_{statistic}" if statistic else task.name] = str(path)
+                entry[f"{task.name}_{statistic}" if statistic else task.name] = path.name  # relative to the table
+        entry.update(self.provenance_columns(item.key))
         self._inferred[item.key] = entry
         return written
 
     def finish_inference(self, written: list[Path]) -> list[Path]:
-        """Writes `save_seg_dir/inferred.csv`: a row per subject, its file for every task and statistic."""
+        """Writes `save_seg_dir/inferred.csv`: a row per subject, its file for every task and statistic (relative
+        to the table's folder, so that a copied or moved output folder reads its own files), and its provenance
+        (`phase`, `trained_on`, `input_sha256`)."""
         table = list(self._inferred.values())
         columns = list(dict.fromkeys(key for entry in table for key in entry)) or ["subject"]
         path = self.output_dir / INFERRED_FILE

@@ -2,7 +2,8 @@
 
 Before anything is written, `check_subjects` reads the header of every file (readable NIfTI, 3-D, a real voxel type,
 the same shape and affine as the subject's MR), then scans its voxels once (`scan_volume`: decodable, finite values,
-the `mean_plus` foreground that histogram standardisation needs, label values). Scans are cached in
+not blank, no extreme intensities, the `mean_plus` foreground that histogram standardisation needs, a CT in
+Hounsfield units, label values). Scans are cached in
 `model_dir/.input_scans.json` (`sfg_keras.io.input_checks.ScanCache` at `SCAN_CACHE_FILE`), so a rerun over
 unchanged files reads headers only. What each input section must satisfy is its `FileRole` (`section_roles`).
 Problems are collected with `InputProblems` and raised together as an `InputValidationError` (a `ValueError`:
@@ -32,10 +33,15 @@ from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, ScanCach
 from sfg_keras.io.nifti import AFFINE_TOLERANCE
 
 #: Name (and version) of `scan_volume`'s results in the scan cache; change it when the summary changes.
-SCAN_NAME = "mr_ct-volume-v1"
+SCAN_NAME = "mr_ct-volume-v2"
 #: At most this many distinct values are kept in a scan summary (label maps have a few).
 MAX_DISTINCT = 256
 NIFTI_EXPECTED = "a readable .nii or .nii.gz NIfTI volume"
+#: An intensity this many times the 99.9th percentile of the absolute values is extreme (a corrupt voxel, a scaling
+#: error): it would dominate every statistic fitted on the volume.
+EXTREME_FACTOR = 1000.0
+#: A CT in Hounsfield units has air (about -1000 HU) around the body; a minimum above this cannot be HU.
+AIR_BELOW_HU = -900.0
 RANK_EXPECTED = "a 3-D volume [X, Y, Z] (a 4th dimension of size 1 is accepted)"
 
 
@@ -48,6 +54,9 @@ class FileRole:
         foreground: the volume needs a non-empty `mean_plus` foreground with more than one intensity (histogram
             standardisation).
         labels: `(task name, num_classes)` of every segmentation task reading its labels from this section.
+        intensities: an image (MR, CT): refused when blank (one value everywhere) or holding extreme values.
+        hounsfield: a CT in Hounsfield units: refused when no voxel is below `AIR_BELOW_HU` (HU + 1024 stored as
+            unsigned integers, a mask, another unit); `[MR_CT] check_hounsfield = False` turns it off.
 
     Example:
 
@@ -59,15 +68,19 @@ class FileRole:
     section: str
     foreground: bool = False
     labels: tuple[tuple[str, int], ...] = ()
+    intensities: bool = False
+    hounsfield: bool = False
 
 
-def section_roles(image_section: str, tasks: Sequence[TaskSpec], foreground: bool) -> list[FileRole]:
-    """The roles of the MR section (first) and of every task's reference section.
+def section_roles(image_section: str | None, tasks: Sequence[TaskSpec], foreground: bool,
+                  hounsfield: bool = True) -> list[FileRole]:
+    """The roles of the MR section (first; None leaves it out) and of every task's reference section.
 
     Args:
-        image_section: the MR section.
-        tasks: the tasks; segmentation tasks make their section a label map.
+        image_section: the MR section, or None (evaluation checks the references only).
+        tasks: the tasks; segmentation tasks make their section a label map, regression tasks a CT.
         foreground: whether the MR needs a foreground (`[NETWORK] normalisation`).
+        hounsfield: whether a CT must be in Hounsfield units (`[MR_CT] check_hounsfield`).
 
     Example:
 
@@ -75,11 +88,15 @@ def section_roles(image_section: str, tasks: Sequence[TaskSpec], foreground: boo
     section_roles("MR", app.tasks, foreground=True)  # [FileRole("MR", True), FileRole("CT"), FileRole("LABEL", ...)]
     ```
     """
-    roles = {image_section: FileRole(image_section, foreground=foreground)}
+    roles = {}
+    if image_section is not None:
+        roles[image_section] = FileRole(image_section, foreground=foreground, intensities=True)
     for task in tasks:
         role = roles.get(task.label, FileRole(task.label))
         if task.type == "segmentation":
             role = dataclasses.replace(role, labels=(*role.labels, (task.name, int(task.num_classes))))
+        else:
+            role = dataclasses.replace(role, intensities=True, hounsfield=role.hounsfield or hounsfield)
         roles[task.label] = role
     return list(roles.values())
 
@@ -149,10 +166,11 @@ def summarise(data: np.ndarray) -> dict[str, Any]:
     """What the checks need of a volume's voxels (JSON-serialisable, independent of the settings).
 
     Returns:
-        `{"nan", "inf"}` counts, `"min"`/`"max"` of the finite values, `"foreground"` (voxels above the mean, None
-        with non-finite values) and `"foreground_spread"` (whether they hold more than one value), `"non_integer"`
-        (up to 10 finite values that are not integers, from the first 1000 found) and `"distinct"` (the sorted distinct
-        values of integer-valued data when at most `MAX_DISTINCT`, else None).
+        `{"nan", "inf"}` counts, `"min"`/`"max"` of the finite values, `"p999_abs"` (the 99.9th percentile of their
+        absolute values), `"foreground"` (voxels above the mean, None with non-finite values) and
+        `"foreground_spread"` (whether they hold more than one value), `"non_integer"` (up to 10 finite values that
+        are not integers, from the first 1000 found) and `"distinct"` (the sorted distinct values of integer-valued
+        data when at most `MAX_DISTINCT`, else None).
 
     Example:
 
@@ -166,8 +184,13 @@ def summarise(data: np.ndarray) -> dict[str, Any]:
     values = data if nan + inf == 0 else data[finite]
     summary: dict[str, Any] = {
         "nan": nan, "inf": inf, "min": float(values.min()) if values.size else None,
-        "max": float(values.max()) if values.size else None, "foreground": None, "foreground_spread": False,
+        "max": float(values.max()) if values.size else None, "p999_abs": None, "foreground": None,
+        "foreground_spread": False,
     }
+    if values.size:
+        magnitudes = np.abs(values.ravel())
+        rank = min(magnitudes.size - 1, int(np.ceil(0.999 * magnitudes.size)) - 1)
+        summary["p999_abs"] = float(np.partition(magnitudes, max(rank, 0))[max(rank, 0)])
     if nan + inf == 0:
         foreground = data[data > np.float64(data.mean(dtype=np.float64))]  # HistogramStandardisation's mean_plus
         summary["foreground"] = int(foreground.size)
@@ -195,7 +218,32 @@ def scan_volume(path: str, keep: MutableMapping[str, NiftiVolume] | None = None)
     volume = read_volume(path)
     if keep is not None:
         keep[str(path)] = volume
-    return {"shape": list(volume.data.shape), **summarise(volume.data)}
+    stored = np.dtype(volume.header.get_data_dtype())
+    _, intercept = volume.header.get_slope_inter()
+    return {"shape": list(volume.data.shape), "stored_dtype": str(stored),
+            "offset_free_unsigned": bool(np.issubdtype(stored, np.unsignedinteger) and not (intercept or 0) < 0),
+            **summarise(volume.data)}
+
+
+def _intensity_problems(where: str, role: FileRole, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Blank volumes, extreme intensities and CTs that cannot be Hounsfield units."""
+    low, high, typical = summary["min"], summary["max"], summary.get("p999_abs")
+    if low == high:
+        return [(f"{where} is blank: every voxel is {low:g}", "an image with more than one intensity (a blank or "
+                 "constant volume is refused whatever [NETWORK] normalisation)")]
+    peak = max(abs(low), abs(high))
+    if typical is not None and peak > EXTREME_FACTOR * max(typical, 1.0):
+        return [(f"{where} holds extreme intensities: {peak:.3g}, while 99.9% of its voxels are within "
+                 f"+-{typical:.4g} (a corrupt voxel, or a wrong scaling)",
+                 f"intensities within {EXTREME_FACTOR:g} times the 99.9th percentile of the volume")]
+    if role.hounsfield and low > AIR_BELOW_HU:
+        stored = (f"; stored as {summary.get('stored_dtype')} without a negative intercept, like HU + 1024"
+                  if summary.get("offset_free_unsigned") else "")
+        return [(f"{where} holds values from {low:g} to {high:g}, which cannot be Hounsfield units: no air below "
+                 f"{AIR_BELOW_HU:g} HU{stored}",
+                 "a CT in Hounsfield units (air about -1000 HU); set [MR_CT] check_hounsfield = False to accept it "
+                 "anyway")]
+    return []
 
 
 def role_problems(role: FileRole, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -210,6 +258,10 @@ def role_problems(role: FileRole, summary: Mapping[str, Any]) -> list[tuple[str,
     where = f"[{role.section}]"
     if summary["nan"] or summary["inf"]:
         return [(f"{where} holds {summary['nan']} NaN and {summary['inf']} infinite voxels", "finite values")]
+    if role.intensities and summary["min"] is not None:
+        found = _intensity_problems(where, role, summary)
+        if found:
+            return found
     problems = []
     if role.foreground and not summary["foreground_spread"]:
         problems.append((

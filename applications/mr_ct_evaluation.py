@@ -1,11 +1,17 @@
 """Evaluation of the mr_ct application: the inferred volumes against the reference CT and labels.
 
 Per subject of `save_seg_dir/inferred.csv` (first regression task = CT, first segmentation task = labels): `psnr`,
-`mae`, `psnr_bone`, `mae_bone`, `mae_<organ>`, `dice_<organ>`, `dice_mean` (see
+`mae`, `psnr_bone`, `mae_bone`, `mae_in_<organ>`, `dice_<organ>`, `dice_mean` (see
 `sfg_keras.evaluation.evaluate_ct_and_labels`), the trivial references `reference_mean_ct_mae` (predicting the mean
 training CT everywhere) and `reference_background_dice_mean` (predicting background everywhere), and
 `<task>_mae` / `<task>_dice_mean` for further tasks. `[EVALUATION] evaluations`, when given, keeps only the listed
 columns.
+
+Before anything is computed: every inferred subject must be found with its MR and references (in the input
+sections, or `[INFERENCE] input_dir` when inference used one), its MR must be the file the predictions were made
+from (`input_sha256`), the model must not have been trained on it (`BaseApplication.evaluation_subjects`), and every
+reference is checked like a training input (`MRCTApplication.check_references`: NaN, label range, shape, Hounsfield
+units). Prediction files are read relative to `inferred.csv`'s folder.
 
 Example:
 
@@ -30,6 +36,8 @@ import numpy as np
 from sfg_keras.config import TaskSpec
 from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr, write_metrics_csv
 from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
+from sfg_keras.io.atomic import fsync_path, temporary_prefix
+from sfg_keras.io.input_checks import bullet_list
 
 from .mr_ct_data import load_volume
 
@@ -41,11 +49,15 @@ METRICS_FILE = "mr_ct_metrics.csv"
 
 
 def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> list[dict[str, str]]:
-    """The rows of `inferred.csv`, each with a file for every task.
+    """The rows of `inferred.csv`, each with a file for every task, resolved against the table's folder.
+
+    An absolute path (written by older versions) is accepted only inside the table's folder: in a copied or moved
+    output folder it would point at another folder's predictions.
 
     Raises:
         FileNotFoundError: the file does not exist (with the inference command).
-        ValueError: a row lacks a task's file (naming the file, the line and the subject).
+        ValueError: a row lacks a task's file, or names one outside the table's folder (naming the file, the line
+            and the subject).
 
     Example:
 
@@ -57,6 +69,7 @@ def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> li
         raise FileNotFoundError(f"{path} does not exist: run inference first (sfg_run inference -c {config_path}).")
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    folder = path.parent.absolute()
     for number, row in enumerate(rows, start=2):
         missing = [key for key in task_names if not row.get(key)]
         if missing:
@@ -64,6 +77,15 @@ def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> li
                 f"{path}, line {number}: subject {row.get('subject')!r} has no {missing} column value; expected "
                 f"the columns subject, {', '.join(task_names)} written by inference."
             )
+        for key in task_names:
+            file = Path(row[key])
+            if file.is_absolute() and file.parent != folder:
+                raise ValueError(
+                    f"{path}, line {number}: subject {row.get('subject')!r}: [{key}] is the absolute path {file}, "
+                    f"outside this table's folder {folder} (written by an older sfg-keras in another folder: a copied "
+                    "or moved model_dir would read that folder's predictions). Run sfg_run inference again."
+                )
+            row[key] = str(folder / file)
     return rows
 
 
@@ -237,15 +259,18 @@ def write_metrics_atomically(rows: Sequence[Mapping], path: Path) -> tuple[Path,
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as error:
         raise OSError(error.errno, f"Cannot write {path}: {error.strerror or error}") from error
     target = path
     try:
         temporary = write_metrics_csv(rows, folder / path.name)
         targets = (path, path.with_name(temporary[1].name))
+        for source in temporary:
+            fsync_path(source)
         for source, target in zip(temporary, targets):
             os.replace(source, target)
+        fsync_path(path.parent)
         return targets
     except OSError as error:
         raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}") from error
@@ -276,16 +301,27 @@ def evaluate(app: MRCTApplication, statistics: Mapping) -> list[Path]:
     inferred_path = app.output_dir / INFERRED_FILE
     inferred = read_inferred(inferred_path, [task.name for task in app.tasks], app.settings.config_path)
     sections = app.reference_sections
-    references = {str(row["subject"]): row for row in app.match_files(sections)}
+    wanted = {str(entry["subject"]) for entry in inferred}
+    names = list(dict.fromkeys([app.image_section, *sections]))
+    references = {str(row["subject"]): row for row in app.match_files(names, required=[])
+                  if str(row["subject"]) in wanted}
+    incomplete = [f"'{subject}' has no [{name}] file" for subject, row in sorted(references.items()) for name in names
+                  if row[name] is None]
+    if incomplete:
+        where = f"[INFERENCE] input_dir {app.input_dir}" if app.input_dir else "the input sections"
+        raise ValueError(f"{inferred_path}: inferred subjects without their MR or reference files in {where}; "
+                         f"expected every inferred subject to have them:\n{bullet_list(incomplete)}")
+    found = {subject: {name: str(row[name]) for name in names} for subject, row in references.items()}
+    inferred = app.evaluation_subjects(inferred, found, inferred_path)
+    app.check_references([references[entry["subject"]] for entry in inferred])
+    message = f"Evaluating {len(inferred)} subjects"
+    if app.segmentation_tasks and app.regression_tasks:
+        bone = int(app.app_settings.bone_label)
+        message += f"; bone metrics over label {bone} ({app.app_settings.label_names[bone]!r})"
+    print(message)
     rows = []
     for entry in inferred:
         subject = entry["subject"]
-        if subject not in references:
-            raise ValueError(
-                f"Subject '{subject}' of {inferred_path} has no reference in "
-                f"{', '.join(f'[{name}]' for name in sections)}; expected every inferred subject to have its "
-                "reference volumes."
-            )
         paths = {name: references[subject][name] for name in sections}
         rows.append(evaluate_subject(app, subject, entry, paths, statistics))
     rows = select_metrics(app, rows)

@@ -24,7 +24,10 @@ _EPILOG = """
 examples:
   sfg_run train -c configs/demo_mr_ct.ini
   sfg_run train -c configs/demo_mr_ct.ini --max_iter=200 --starting_iter=-1      (resume, train longer)
+  sfg_run train -c configs/demo_mr_ct.ini --starting_iter=300 --archive_branch=first-try
+                                    (continue from checkpoint 300; the later ones move to model_dir/branches/first-try)
   sfg_run inference -c configs/demo_mr_ct.ini --num_samples=20
+  sfg_run inference -c configs/demo_mr_ct.ini --input_dir=$PWD/new_scans   (another folder; the split is not used)
   sfg_run evaluation -c configs/demo_mr_ct.ini
   sfg_run analyse -c configs/demo_mr_ct.ini
   sfg_run export -c configs/demo_mr_ct.ini
@@ -34,7 +37,8 @@ examples:
   sfg_run demo
 
 --key=value overrides any config key (a bare key must be unique across the fixed sections; otherwise, and for
-input sections, write --SECTION.key=value, e.g. --NETWORK.batch_size=4 or --MR.path_to_search=data/mr).
+input sections, write --SECTION.key=value, e.g. --NETWORK.batch_size=4 or --MR.path_to_search=data/mr). Relative
+paths are relative to the config file's folder.
 Run `sfg_run config-help` for every section and key.
 """
 
@@ -49,8 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     helps = {
         "train": "train (starting_iter = -1 resumes from the latest checkpoint)",
-        "inference": "Monte-Carlo (or MAP) inference with a checkpoint; writes predictions",
-        "evaluation": "compare the inferred outputs with the references; writes CSV tables",
+        "inference": "Monte-Carlo (or MAP) inference with a checkpoint on any subject or folder (input_dir), never "
+                     "as held out on a subject the model was trained on; writes predictions and their provenance",
+        "evaluation": "check the references, compare the inferred outputs with them (never scoring a trained-on "
+                      "subject); writes CSV tables",
         "export": "versioned SavedModels for TF Serving (raw inputs; export_seed), .keras files, the compact MAP model",
         "analyse": "PNG plots and CSV/JSON summaries of the learned grouping",
     }

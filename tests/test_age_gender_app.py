@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -313,7 +314,7 @@ def test_validation_dataset_is_fixed_and_repeated(faces, prepared):
 
 
 def test_inference_inputs_are_balanced_standardised_batches(faces, prepared):
-    app = make_app(prepared["config"], "inference", ["--INFERENCE.batch_size=4"])
+    app = make_app(prepared["config"], "inference", ["--INFERENCE.batch_size=4", "--dataset_to_infer=inference"])
     run_quietly(app.prepare, fit=False)
     (item,), output = run_quietly(lambda: list(app.inference_inputs()))
     inference = sorted(s for s, p in read_split(prepared["model_dir"]).items() if p == "Inference")
@@ -328,7 +329,8 @@ def test_inference_inputs_are_balanced_standardised_batches(faces, prepared):
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["mc", "map"])
 def test_write_outputs_and_finish_inference_write_inferred_csv(prepared, tmp_path, deterministic):
-    app = make_app(prepared["config"], "inference", [f"--save_seg_dir={tmp_path / 'output'}"])
+    app = make_app(prepared["config"], "inference", [f"--save_seg_dir={tmp_path / 'output'}",
+                                                     "--dataset_to_infer=inference"])
     run_quietly(app.prepare, fit=False)
     (item,), _ = run_quietly(lambda: list(app.inference_inputs()))
     predictions = hand_made_predictions(app, item.context, deterministic)
@@ -342,7 +344,8 @@ def test_write_outputs_and_finish_inference_write_inferred_csv(prepared, tmp_pat
     with open(path, newline="") as handle:
         header = next(csv.reader(handle))
     assert header == [
-        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy"
+        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy",
+        "phase", "trained_on", "input_sha256",  # the provenance of each prediction
     ]
     assert path.read_bytes().count(b"\r\n") == len(item.context) + 1  # csv.writer's line ends, as before
     rows = read_csv_rows(path)
@@ -362,7 +365,8 @@ def test_write_outputs_and_finish_inference_write_inferred_csv(prepared, tmp_pat
 
 
 def test_evaluate_compares_inferred_csv_with_labels_and_baselines(prepared, tmp_path):
-    overrides = [f"--save_seg_dir={tmp_path / 'output'}", f"--save_csv_dir={tmp_path / 'evaluation'}"]
+    overrides = [f"--save_seg_dir={tmp_path / 'output'}", f"--save_csv_dir={tmp_path / 'evaluation'}",
+                 "--dataset_to_infer=inference"]
     app = make_app(prepared["config"], "inference", overrides)
     run_quietly(app.prepare, fit=False)
     (item,), _ = run_quietly(lambda: list(app.inference_inputs()))
@@ -430,7 +434,7 @@ def test_csv_labelled_mnist_set_hooks(tmp_path):
     assert len(inferred) == count == 15
     assert list(inferred[0]) == [
         "subject", "digit_mode", *[f"digit_prob_{c}" for c in range(10)], "digit_entropy",
-        "thickness_mean", "thickness_std",
+        "thickness_mean", "thickness_std", "phase", "trained_on", "input_sha256",
     ]
     assert inferred[0]["thickness_mean"] == "2.5" and inferred[0]["digit_prob_3"] == "0.1"
     written, output = run_quietly(make_app(config, "evaluation").evaluate)
@@ -590,11 +594,18 @@ def test_end_to_end_train_infer_evaluate(trained):
     sfg_run("inference", "-c", str(trained["config"]), "-a", "age_gender")
     path = model_dir / "output" / "inferred.csv"
     rows = read_csv_rows(path)
-    inference = sorted(s for s, p in read_split(model_dir).items() if p == "Inference")
-    assert [row["subject"] for row in rows] == inference
+    split = read_split(model_dir)
+    inference = sorted(s for s, p in split.items() if p == "Inference")
+    unlabelled = sorted(p.name for p in (model_dir.parent / "faces").iterdir() if p.name not in split)
+    assert len(unlabelled) == NUM_MALFORMED  # not UTKFace names: not in the split, but images to infer all the same
+    assert [row["subject"] for row in rows] == sorted(inference + unlabelled)
     assert list(rows[0]) == [
-        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy"
+        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy",
+        "phase", "trained_on", "input_sha256",
     ]
+    assert {row["subject"]: row["phase"] for row in rows} == {**dict.fromkeys(inference, "Inference"),
+                                                              **dict.fromkeys(unlabelled, "new")}
+    assert {row["trained_on"] for row in rows} == {"no"}
     for row in rows:
         assert float(row["age_std"]) >= 0 and row["gender_mode"] in ("0", "1")
         assert float(row["gender_prob_0"]) + float(row["gender_prob_1"]) == pytest.approx(1.0, abs=1e-4)
@@ -602,8 +613,10 @@ def test_end_to_end_train_infer_evaluate(trained):
 
     result = sfg_run("evaluation", "-c", str(trained["config"]), "-a", "age_gender")
     metrics = read_csv_rows(model_dir / "evaluation" / "age_gender_metrics.csv")
-    assert sorted(row["subject"] for row in metrics) == inference
-    errors = [abs(float(r["age_mean"]) - parse_utkface_name(r["subject"])[0]) for r in rows]
+    assert sorted(row["subject"] for row in metrics) == sorted(inference + unlabelled)
+    assert all(math.isnan(float(row["age_true"])) for row in metrics if row["subject"] in unlabelled)  # no label
+    labelled = [r for r in rows if r["subject"] in inference]
+    errors = [abs(float(r["age_mean"]) - parse_utkface_name(r["subject"])[0]) for r in labelled]
     assert f"age: MAE {np.mean(errors):.3f} years over 9 images" in result.stdout
     assert "gender: accuracy" in result.stdout
 
@@ -612,7 +625,7 @@ def test_end_to_end_train_infer_evaluate(trained):
 @pytest.mark.parametrize("mode", ["map", "expected"])
 def test_end_to_end_deterministic_inference_has_zero_std(trained, mode):
     sfg_run("inference", "-c", str(trained["config"]), "-a", "age_gender", f"--inference_mode={mode}",
-            f"--save_seg_dir=output_{mode}")
+            f"--save_seg_dir=output_{mode}", "--dataset_to_infer=inference")
     rows = read_csv_rows(trained["model_dir"] / f"output_{mode}" / "inferred.csv")
     assert len(rows) == 9 and all(float(row["age_std"]) == 0.0 for row in rows)
     for row in rows:
@@ -630,3 +643,66 @@ def test_end_to_end_csv_labelled_mnist(tmp_path):
     assert len(inferred) == 15 and all(0 <= int(row["digit_mode"]) <= 9 for row in inferred)
     result = sfg_run("evaluation", "-c", str(config), "-a", "age_gender")
     assert "digit: accuracy" in result.stdout and "thickness: MAE" in result.stdout
+
+
+# === Provenance (issues 18 and 20): inference on any data, never scoring a training image ===
+
+
+@pytest.fixture(scope="module")
+def provenance(trained, tmp_path_factory):
+    """The `trained` model_dir's copies, used by one batch of sfg_run commands (see tests/sfg_run_batch.py)."""
+    from sfg_run_batch import Batch
+
+    root = tmp_path_factory.mktemp("age_gender_provenance")
+    new = root / "new"
+    make_utkface_folder(new, num_images=6, size=32, seed=9, num_malformed=0)
+    record = json.loads((trained["model_dir"] / "run_record.json").read_text())
+    trained_image = sorted(record["trained_on"])[0]
+    with_copy = root / "new_with_copy"
+    shutil.copytree(new, with_copy)
+    shutil.copy(trained["model_dir"].parent / "faces" / trained_image, with_copy / "holiday_photo.jpg")
+    batch = Batch(root, trained["config"], app="age_gender")
+    batch.run("copied_training_image_in_another_folder", "inference", trained["model_dir"], f"--input_dir={with_copy}",
+              "--save_seg_dir=output_refused")
+    other = batch.copy(trained["model_dir"], "other")
+    batch.run("new_images_in_another_folder", "inference", other, f"--input_dir={new}")
+    batch.run("evaluation_of_another_folder", "evaluation", other, f"--input_dir={new}")
+    everything = batch.copy(trained["model_dir"], "everything")
+    batch.run("every_image_on_purpose", "inference", everything, "--dataset_to_infer=all", "--inference_mode=map")
+    batch.run("evaluation_leaves_training_images_out", "evaluation", everything)
+    return {"results": batch.execute(), "root": root, "new": new, "trained_image": trained_image}
+
+
+@END_TO_END
+def test_a_copied_training_image_is_refused_and_new_images_are_inferred_and_evaluated(provenance):
+    results = provenance["results"]
+    refused = results["copied_training_image_in_another_folder"]
+    assert refused["returncode"] == 2 and refused["after"] == refused["before"], refused["stderr"][-3000:]
+    assert "'holiday_photo.jpg' (new)" in refused["stderr"]
+    assert f"content of the [IMAGES] file of training subject '{provenance['trained_image']}'" in refused["stderr"]
+
+    inference = results["new_images_in_another_folder"]
+    assert inference["returncode"] == 0, inference["stderr"][-3000:]
+    before, after = inference["before"]["model_dir"], inference["after"]["model_dir"]
+    for name in ("dataset_split.csv", "run_record.json", "lineage.json", "image_statistics.json", ".input_scans.json"):
+        assert before[name] == after[name], name  # a new image never changes a file training wrote
+    rows = read_csv_rows(provenance["root"] / "other" / "output" / "inferred.csv")
+    assert sorted(row["subject"] for row in rows) == sorted(p.name for p in provenance["new"].iterdir())
+    assert {(row["phase"], row["trained_on"]) for row in rows} == {("new", "no")}
+    evaluation = results["evaluation_of_another_folder"]
+    assert evaluation["returncode"] == 0 and "age: MAE" in evaluation["stdout"] and "over 6 images" in evaluation[
+        "stdout"], evaluation["stderr"][-3000:]
+
+
+@END_TO_END
+def test_training_images_inferred_on_purpose_are_never_scored(provenance, trained):
+    results = provenance["results"]
+    assert results["every_image_on_purpose"]["returncode"] == 0
+    evaluation = results["evaluation_leaves_training_images_out"]
+    assert evaluation["returncode"] == 0, evaluation["stderr"][-3000:]
+    split = read_split(trained["model_dir"])
+    training = sorted(s for s, phase in split.items() if phase == "Training")
+    assert f"evaluation leaves out {len(training)} subject(s) the model was trained on" in evaluation["stdout"]
+    metrics = read_csv_rows(provenance["root"] / "everything" / "evaluation" / "age_gender_metrics.csv")
+    assert not set(training) & {row["subject"] for row in metrics}
+    assert len(metrics) == NUM_VALID + NUM_MALFORMED - len(training)

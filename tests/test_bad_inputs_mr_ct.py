@@ -353,7 +353,7 @@ def test_cases_cover_the_kinds_and_each_names_what_is_wrong(outcomes):
         "garbage_bytes": "cannot be read as a NIfTI image", "zero_byte_file": "cannot be read as a NIfTI image",
         "nan_in_mr": "NaN", "nan_in_ct": "NaN", "four_d_mr": "4 dimensions", "two_d_mr": "2 dimensions",
         "shapes_differ": "different shapes", "affines_differ": "different affines",
-        "labels_out_of_range": "[7]", "non_integer_labels": "[1.5]", "all_zero_mr": "no foreground",
+        "labels_out_of_range": "[7]", "non_integer_labels": "[1.5]", "all_zero_mr": "is blank: every voxel is 0",
         "inf_in_mr_without_normalisation": "infinite", "resume_with_truncated_validation_label": "cannot be decoded",
         "nan_in_mr_to_infer": "NaN",
     }

@@ -437,7 +437,9 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
         np.testing.assert_allclose(volumes["ct_std"], 25.0, rtol=1e-5)
     with open(output / "inferred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows == [{"subject": subject, **{key: str(path) for key, path in names.items()}}]
+    # File names relative to the table (a copied or moved output folder reads its own files), and provenance.
+    assert rows == [{"subject": subject, **{key: path.name for key, path in names.items()}, "phase": "Inference",
+                     "trained_on": "no", "input_sha256": _digest(cohort / "MR" / f"{subject}_mr.nii.gz")}]
 
 
 def test_write_outputs_names_a_missing_prediction(prepared, tmp_path, cohort):
@@ -466,7 +468,9 @@ def test_evaluate_compares_the_written_volumes_with_the_references(prepared, tmp
     assert Path(metrics_csv).name == "mr_ct_metrics.csv" and Path(summary_csv).name == "mr_ct_metrics_summary.csv"
     with open(metrics_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["subject"] for row in rows] == [item.key for item in items]
+    # The Training subjects were inferred on purpose (dataset_to_infer = all, marked trained_on): never scored.
+    held_out = [item.key for item in items if item.key not in _phase(inference.model_dir, "Training")]
+    assert len(held_out) == 2 and [row["subject"] for row in rows] == held_out
     statistics = json.loads((inference.model_dir / "training_statistics.json").read_text())
     for row in rows:
         assert float(row["mae"]) < 0.05 and float(row["dice_mean"]) == pytest.approx(1.0)

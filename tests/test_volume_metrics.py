@@ -63,9 +63,10 @@ def test_evaluate_ct_and_labels_keys_and_values():
         "mae",
         "psnr_bone",
         "mae_bone",
-        "mae_background",
-        "mae_bladder",
-        "mae_prostate_gland",
+        "mae_in_background",
+        "mae_in_bone",
+        "mae_in_bladder",
+        "mae_in_prostate_gland",
         "dice_bone",
         "dice_bladder",
         "dice_prostate_gland",
@@ -79,7 +80,7 @@ def test_evaluate_ct_and_labels_keys_and_values():
     metrics = evaluate_ct_and_labels(pred_ct, ref_ct, pred_labels, ref_labels, LABEL_NAMES, data_range=2000.0)
     bone_voxels, other_voxels = 8, 24
     assert metrics["mae_bone"] == pytest.approx(100.0)
-    assert metrics["mae_bladder"] == pytest.approx(10.0)
+    assert metrics["mae_in_bladder"] == pytest.approx(10.0) and metrics["mae_in_bone"] == metrics["mae_bone"]
     assert metrics["mae"] == pytest.approx((100.0 * bone_voxels + 10.0 * other_voxels) / 32)
     assert metrics["psnr_bone"] == pytest.approx(10 * math.log10(2000.0**2 / 100.0**2))
     assert metrics["dice_prostate_gland"] == 0.0 and metrics["dice_bone"] == 1.0
@@ -97,7 +98,7 @@ def test_absent_organ_gives_nan_mae_and_unit_dice():
     ref_ct, ref_labels = _subject()
     names = {**LABEL_NAMES, 7: "rectum"}
     metrics = evaluate_ct_and_labels(ref_ct + 1.0, ref_ct, ref_labels, ref_labels, names)
-    assert math.isnan(metrics["mae_rectum"])
+    assert math.isnan(metrics["mae_in_rectum"])
     assert metrics["dice_rectum"] == 1.0
 
 
@@ -125,3 +126,17 @@ def test_write_metrics_csv_rows_and_summary(tmp_path):
     assert math.isnan(float(summary["mean"]["note"]))
     with pytest.raises(ValueError, match=r"row 0 has no 'subject' key"):
         write_metrics_csv([{"mae": 1.0}], tmp_path / "x.csv")
+
+
+def test_per_label_metrics_never_overwrite_the_bone_metrics():
+    """Issue 20: a label named 'bone' that is not `bone_label` once wrote its MAE over `mae_bone`."""
+    ref_ct, ref_labels = _subject()
+    names = {0: "background", 1: "prostate", 2: "bone", 3: "bladder"}  # bone_label 1 is the prostate here
+    pred_ct = ref_ct + np.where(ref_labels == 1, 100.0, 10.0)
+    metrics = evaluate_ct_and_labels(pred_ct, ref_ct, ref_labels, ref_labels, names, bone_label=1)
+    assert metrics["mae_bone"] == pytest.approx(100.0)  # over bone_label
+    assert metrics["mae_in_bone"] == pytest.approx(10.0)  # over the label named 'bone': its own column
+    with pytest.raises(ValueError, match="label named 'mean' would write its Dice over dice_mean"):
+        evaluate_ct_and_labels(ref_ct, ref_ct, ref_labels, ref_labels, {0: "background", 1: "mean"})
+    with pytest.raises(ValueError, match="bone_label must be a foreground label"):
+        evaluate_ct_and_labels(ref_ct, ref_ct, ref_labels, ref_labels, names, bone_label=0)

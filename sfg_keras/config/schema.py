@@ -482,6 +482,13 @@ TRAINING_SCHEMA = section_schema(
             "Step to start from: 0 = from scratch, N = checkpoint N, -1 = latest checkpoint.",
             minimum=-1,
         ),
+        K(
+            "archive_branch",
+            "str",
+            "",
+            "With starting_iter = N and checkpoints after N: move them (with their lineage) to "
+            "model_dir/branches/<name>/ and train on from N (empty = refuse, naming them).",
+        ),
         K("save_every_n", "int", 500, "Steps between checkpoints.", minimum=1),
         K(
             "non_finite",
@@ -582,8 +589,16 @@ INFERENCE_SCHEMA = section_schema(
             "dataset_to_infer",
             "choice",
             "",
-            "Subjects to predict: empty = the Inference split, or all, training, validation, inference.",
+            "Subjects to predict: empty = the Inference split and every subject not in it; inference = the "
+            "Inference split only; validation; training (marked trained_on, never scored); all.",
             choices=("", "all", "training", "validation", "inference"),
+        ),
+        K(
+            "input_dir",
+            "path",
+            "",
+            "Folder of other subjects for inference and evaluation, searched instead of every input section's "
+            "path_to_search (same file-name patterns; the split file is not used; empty = the input sections).",
         ),
         K("spatial_window_size", "int_list", (), "Window predicted at once (empty = whole slice or image).", minimum=1),
         K(

@@ -159,18 +159,34 @@ class SectionSettings:
         origins = {**self._origins, **dict.fromkeys(changes, ORIGIN_CODE)}
         return type(self)(self._name, values, origins, self._schema)
 
-    def to_text(self) -> str:
-        """The section as `.ini` text: every key with its value and, as a comment, its origin."""
+    def to_text(self, relative_to: str | None = None) -> str:
+        """The section as `.ini` text: every key with its value and, as a comment, its origin.
+
+        Args:
+            relative_to: a folder (model_dir): paths inside it are written relative to it.
+        """
         lines = [f"[{self._name}]"]
-        entries = [(f"{key} = {self._format(key)}", self._origins[key]) for key in self._values]
+        entries = [(f"{key} = {self._format(key, relative_to)}", self._origins[key]) for key in self._values]
         width = min(max((len(entry) for entry, _ in entries), default=0), 72)
         lines += [f"{entry.ljust(width)}  # {origin}" for entry, origin in entries]
         return "\n".join(lines)
 
-    def _format(self, key: str) -> str:
+    def _format(self, key: str, relative_to: str | None = None) -> str:
         spec = self._schema.get(key)
         value = self._values[key]
-        return spec.format_value(value) if spec is not None else str(value)
+        if spec is None:
+            return str(value)
+        if relative_to and spec.item_kind == "path" and value:
+            value = tuple(_inside(v, relative_to) for v in value) if spec.is_list else _inside(value, relative_to)
+        return spec.format_value(value)
+
+
+def _inside(path: str, folder: str) -> str:
+    """`path` relative to `folder` when it lies inside it (`.` for the folder itself), else unchanged."""
+    absolute, base = os.path.abspath(path), os.path.abspath(folder)
+    if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(absolute, base)
+    return path
 
 
 class SystemSettings(SectionSettings):
@@ -211,6 +227,7 @@ class TrainingSettings(SectionSettings):
     lr: float
     max_iter: int
     starting_iter: int
+    archive_branch: str
     save_every_n: int
     non_finite: str
     validation_every_n: int
@@ -236,6 +253,7 @@ class InferenceSettings(SectionSettings):
     num_samples: int
     inference_mode: str
     dataset_to_infer: str
+    input_dir: str
     spatial_window_size: tuple[int, ...]
     border: tuple[int, ...]
     batch_size: int
@@ -434,10 +452,14 @@ class Settings:
             raise KeyError(f"No section [{name}] in the settings of {self.config_path}.{hint}")
         return by_upper[name.upper()]
 
-    def to_text(self) -> str:
+    def to_text(self, relative_to: str | None = None) -> str:
         """Every section and key with its resolved value, marking where each value came from.
 
-        The text is itself a valid config file: loading it gives the same values.
+        The text is itself a valid config file: loading it gives the same values (with `relative_to`, when the
+        file is loaded from that folder).
+
+        Args:
+            relative_to: a folder (model_dir) paths inside which are written relative to it.
 
         Returns:
             `.ini` text with a header comment, one block per section and `# file`, `# command line`, `# default`
@@ -448,12 +470,16 @@ class Settings:
             f"# config file: {self.config_path}",
             "# after each value: where it came from (file, command line, default; code = changed in Python)",
         ]
-        blocks = [section.to_text() for section in self.sections().values()]
+        if relative_to:
+            header.append("# paths inside model_dir are relative to this file's folder: a copied or moved model_dir "
+                          "keeps its settings")
+        blocks = [section.to_text(relative_to) for section in self.sections().values()]
         return "\n".join(header) + "\n\n" + "\n\n".join(blocks) + "\n"
 
 
 def write_settings(settings: Settings, model_dir: str | os.PathLike | None = None, action: str | None = None) -> str:
-    """Writes `settings.to_text()` to `model_dir/settings_<action>.txt`, creating `model_dir` if needed.
+    """Writes `settings.to_text()` to `model_dir/settings_<action>.txt` atomically, creating `model_dir` if needed;
+    paths inside model_dir are written relative to it.
 
     Args:
         settings: the resolved settings.
@@ -475,6 +501,7 @@ def write_settings(settings: Settings, model_dir: str | os.PathLike | None = Non
         raise ValueError(f"write_settings: action must be one of {ACTIONS}. Received: action={action!r}")
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, f"settings_{action}.txt")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(settings.to_text())
+    from sfg_keras.io.atomic import atomic_write_text
+
+    atomic_write_text(path, settings.to_text(relative_to=model_dir))
     return path

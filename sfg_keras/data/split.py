@@ -38,7 +38,19 @@ def _validate_fractions(fractions: Sequence[float]) -> tuple[float, float, float
     return values
 
 
-def _read_split(split_file: Path) -> dict[str, str]:
+def read_split(split_file: str | Path) -> dict[str, str]:
+    """The `{subject: phase}` rows of an existing split file (read only).
+
+    Raises:
+        ValueError: a malformed row, an unknown phase or a subject listed twice (naming the file and the line).
+
+    Example:
+
+    ```python
+    split = read_split("model/dataset_split.csv")
+    ```
+    """
+    split_file = Path(split_file)
     split: dict[str, str] = {}
     canonical = {phase.lower(): phase for phase in PHASES}
     with open(split_file, newline="", encoding="utf-8") as handle:
@@ -109,7 +121,7 @@ def make_or_load_split(
     values = _validate_fractions(fractions)
 
     if split_file.exists():
-        split = _read_split(split_file)
+        split = read_split(split_file)
         unknown = sorted(set(split) - set(subject_list))
         missing = sorted(set(subject_list) - set(split))
         if unknown or missing:
@@ -120,7 +132,9 @@ def make_or_load_split(
                 details.append(f"subjects in the data but not in the file: {_quote_some(missing)}")
             raise ValueError(
                 f"Split file '{split_file}' does not match the data: " + "; ".join(details) + ". "
-                "Delete the file to make a new split, or restore the missing data."
+                "A split is fixed once written: restore the data it lists to train on, predict other subjects with "
+                "sfg_run inference (subjects not in the split need no entry, and the file is never changed), or "
+                "train on a new split in another [SYSTEM] model_dir."
             )
         return dict(sorted(split.items()))
 
@@ -134,12 +148,26 @@ def make_or_load_split(
             split[ordered[index]] = phase
         start += count
     split = dict(sorted(split.items()))
-    split_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(split_file, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        for subject, phase in split.items():
-            writer.writerow([subject, phase])
+    write_split(split, split_file)
     return split
+
+
+def write_split(split: Mapping[str, str], split_file: str | Path) -> Path:
+    """Writes `{subject: phase}` as NiftyNet's header-less `subject,phase` CSV, sorted, atomically and durably.
+
+    Example:
+
+    ```python
+    write_split({"s1": "Training", "s2": "Inference"}, "model/dataset_split.csv")
+    ```
+    """
+    from sfg_keras.io.atomic import atomic_path
+
+    with atomic_path(split_file) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        for subject, phase in sorted(split.items()):
+            writer.writerow([subject, phase])
+    return Path(split_file)
 
 
 def subsample_training(split: Mapping[str, str], fraction: float, seed: int = 0) -> list[str]:

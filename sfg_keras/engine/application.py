@@ -18,6 +18,14 @@ The driver calls the hooks in this order:
 5. Evaluation: `evaluate()`.
 6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside the SavedModel).
 
+Provenance (`sfg_keras.engine.provenance`): `subject_files(subjects)` lists each subject's input files; the engine
+records the split and the training subjects' fingerprints in `model_dir/run_record.json` when training starts.
+At inference, `choose_inference_subjects(found)` picks the subjects of `[INFERENCE] dataset_to_infer` among those
+found (the split file is read, never written; `[INFERENCE] input_dir` searches another folder) and refuses a subject
+the model was trained on; `provenance_columns(subject)` adds its phase, `trained_on` and input SHA-256 to the
+predictions table. At evaluation, `evaluation_subjects(rows, found)` refuses predictions of a trained-on subject or
+of another file than the one found now.
+
 Example:
 
 ```python
@@ -40,11 +48,15 @@ class MyApplication(BaseApplication):
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sfg_keras.config import ConfigError, Settings, TaskSpec
+from sfg_keras.engine import provenance
+from sfg_keras.engine.provenance import ChosenSubject, RunRecord, TrainedSubjectError
+from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache, bullet_list, cached_sha256
 
 if TYPE_CHECKING:
     from sfg_keras.export import ServingPreprocessor
@@ -97,12 +109,40 @@ class BaseApplication:
         self.settings = settings
         self.model_dir = Path(settings.system.model_dir)
         self.tasks: list[TaskSpec] = settings.task_specs()
+        #: The split of this run (set by `split`, for training).
+        self.subject_split: dict[str, str] | None = None
+        #: The subjects chosen by `choose_inference_subjects`, by id.
+        self.chosen_subjects: dict[str, ChosenSubject] = {}
+        self._record: RunRecord | None = None
+        self._digests: ScanCache | None = None
         self.check_settings()
+        self._check_input_dir()
 
     # === Settings ===
 
     def check_settings(self) -> None:
         """Validates application-specific settings (raise `ConfigError` naming section, key and value)."""
+
+    def _check_input_dir(self) -> None:
+        input_dir = self.input_dir
+        if input_dir is None:
+            return
+        choice = self.settings.inference.dataset_to_infer
+        if choice not in ("", "all"):
+            raise self.config_error(
+                "INFERENCE", "dataset_to_infer", choice,
+                f"with [INFERENCE] input_dir = {input_dir} every subject found there is inferred (the split does not "
+                "apply to another folder): expected '' or all",
+            )
+        if self.settings.action in ("inference", "evaluation") and not input_dir.is_dir():
+            raise self.config_error("INFERENCE", "input_dir", str(input_dir), "expected an existing folder")
+
+    @property
+    def input_dir(self) -> Path | None:
+        """`[INFERENCE] input_dir` for inference and evaluation: the folder searched instead of every input
+        section's `path_to_search` (None: the input sections' own folders)."""
+        value = self.settings.inference.input_dir
+        return Path(value) if value and self.settings.action in ("inference", "evaluation") else None
 
     def config_error(self, section: str, key: str, value, expected: str) -> ConfigError:
         """A `ConfigError` naming the config file, `[section] key`, the received value and what was expected."""
@@ -133,10 +173,18 @@ class BaseApplication:
                 f"with exclude_fraction_for_inference = {inference} nothing is left for training; expected the two "
                 "fractions to sum to less than 1",
             )
-        return make_or_load_split(
-            subjects, self.settings.system.dataset_split_file,
-            fractions=(1.0 - validation - inference, validation, inference), seed=self.seed,
+        split_file = Path(self.settings.system.dataset_split_file)
+        record = RunRecord.load(self.model_dir) if self.settings.action == "train" else None
+        if record is not None and not split_file.exists():
+            from sfg_keras.data.split import write_split
+
+            write_split(record.split, split_file)
+            print(f"[sfg_run] {split_file} was missing: restored the split this model was trained with "
+                  f"({provenance.RUN_RECORD_FILE}).")
+        self.subject_split = make_or_load_split(
+            subjects, split_file, fractions=(1.0 - validation - inference, validation, inference), seed=self.seed,
         )
+        return self.subject_split
 
     @staticmethod
     def subjects_of(split: dict[str, str], phase: str) -> list[str]:
@@ -149,20 +197,168 @@ class BaseApplication:
 
         return subsample_training(split, float(self.settings.training.training_fraction), seed=self.seed)
 
-    def subjects_to_infer(self, split: dict[str, str]) -> list[str]:
-        """The subjects of `[INFERENCE] dataset_to_infer` (`all`, or one phase; empty = the Inference split)."""
-        choice = self.settings.inference.dataset_to_infer
-        if choice == "all":
-            return sorted(split)
-        phase = PHASE_OF_DATASET[choice]
-        chosen = self.subjects_of(split, phase)
-        if not chosen:
-            raise self.config_error(
-                "INFERENCE", "dataset_to_infer", choice,
-                f"the split {self.settings.system.dataset_split_file} has no '{phase}' subject; expected a phase "
-                "with subjects in it, or dataset_to_infer = all",
+    # === Provenance (see sfg_keras.engine.provenance) ===
+
+    def subject_files(self, subjects: list[str]) -> dict[str, dict[str, str]]:
+        """`{subject: {input section: file}}` of the given subjects (after `prepare`), fingerprinted in the run
+        record (training subjects) and compared at inference and evaluation. The default lists no file: then only
+        subject ids are compared.
+
+        Example:
+
+        ```python
+        app.subject_files(["subj_000"])  # {"subj_000": {"MR": ".../subj_000_mr.nii.gz", "CT": ..., "LABEL": ...}}
+        ```
+        """
+        return {subject: {} for subject in subjects}
+
+    def digest(self, path: str) -> str:
+        """The SHA-256 of a file, cached in `model_dir/.input_scans.json` by size and modification time (the cache
+        is saved only by training: inference and evaluation change no file that training wrote)."""
+        if self._digests is None:
+            self._digests = ScanCache(self.model_dir / SCAN_CACHE_FILE)
+        return cached_sha256(path, self._digests)
+
+    def save_digests(self) -> None:
+        """Saves the digests computed by `digest` (training only)."""
+        if self._digests is not None and self.settings.action == "train":
+            self._digests.save()
+
+    def run_record(self) -> RunRecord:
+        """The run record of `model_dir` (read once). A model_dir of an older sfg-keras has none: then the split
+        file's Training subjects (after `training_fraction`) count as trained on, said once.
+
+        Raises:
+            FileNotFoundError: neither a run record nor a split file tells which subjects were trained on.
+        """
+        if self._record is not None:
+            return self._record
+        record = RunRecord.load(self.model_dir)
+        if record is None:
+            split_file = Path(self.settings.system.dataset_split_file)
+            split = provenance.read_split_file(split_file)
+            if split is None:
+                raise FileNotFoundError(
+                    f"{self.model_dir} has no {provenance.RUN_RECORD_FILE} (trained by an older sfg-keras, or not "
+                    f"trained) and no split file {split_file}: the subjects this model was trained on are unknown, "
+                    f"so none can be inferred or scored as held out. Train first (sfg_run train -c "
+                    f"{self.settings.config_path}), or restore the split file."
+                )
+            trained = set(self.training_subjects(split)) | set(self.legacy_training_subjects())
+            record = RunRecord(split, {subject: {} for subject in sorted(trained)}, legacy=True)
+            print(f"[sfg_run] {self.model_dir} has no {provenance.RUN_RECORD_FILE} (an older sfg-keras trained it): "
+                  f"the {len(trained)} Training subjects of {split_file} count as trained on; files are not "
+                  "fingerprinted, so copies of them under other names are not recognised.")
+        self._record = record
+        return record
+
+    def legacy_training_subjects(self) -> list[str]:
+        """Training subjects recorded by an older version in the application's own files (default: none)."""
+        return []
+
+    def choose_inference_subjects(self, found: dict[str, dict[str, str]]) -> list[str]:
+        """The subjects of `[INFERENCE] dataset_to_infer` among `found` (`{subject: {section: file}}`), checked
+        against the run record (see `sfg_keras.engine.provenance`); their provenance is kept for
+        `provenance_columns`.
+
+        Raises:
+            TrainedSubjectError: a subject to infer as held out was trained on, or the split file lists a training
+                subject in another phase (nothing is written).
+            ValueError: no subject to infer.
+        """
+        record = self.run_record()
+        other_folder = self.input_dir is not None
+        if not other_folder and not record.legacy:
+            for note in provenance.check_split_file(record, self.settings.system.dataset_split_file, "inference"):
+                print(f"[sfg_run] {note}")
+        chosen = provenance.choose_subjects(
+            record, found, self.settings.multitask.image, self.settings.inference.dataset_to_infer, other_folder,
+            self.digest, str(self.settings.config_path),
+        )
+        self.chosen_subjects = {item.subject: item for item in chosen}
+        trained = [item.subject for item in chosen if item.trained_on]
+        where = f"[INFERENCE] input_dir {self.input_dir}" if other_folder else "the input sections"
+        print(f"[sfg_run] inference of {len(chosen)} subjects from {where} "
+              f"({provenance.describe_phases(record, [c.subject for c in chosen], other_folder)})"
+              + (f"; {len(trained)} trained on, on purpose: their predictions are marked trained_on = yes and "
+                 "evaluation leaves them out" if trained else ""))
+        return [item.subject for item in chosen]
+
+    def provenance_columns(self, subject: str) -> dict[str, str]:
+        """The `inferred.csv` provenance columns of a subject chosen by `choose_inference_subjects` (empty values
+        for a subject it did not choose)."""
+        item = self.chosen_subjects.get(subject)
+        return item.columns() if item is not None else dict.fromkeys(provenance.PROVENANCE_COLUMNS, "")
+
+    def evaluation_subjects(self, rows: list[dict], found: dict[str, dict[str, str]], inferred_path: Path
+                            ) -> list[dict]:
+        """The rows of `inferred.csv` to score, checked against the files found now and the run record.
+
+        A row whose subject was trained on is left out (said once) when inference marked it `trained_on = yes`, and
+        refused otherwise; a row predicted from another file than the subject's input found now is refused.
+
+        Raises:
+            ValueError: a subject without files, predictions of another file, or nothing left to score.
+            TrainedSubjectError: a trained-on subject not marked as such.
+        """
+        record = self.run_record()
+        other_folder = self.input_dir is not None
+        image = self.settings.multitask.image
+        index = record.content_index()
+        where = f"[INFERENCE] input_dir {self.input_dir}" if other_folder else "the input sections"
+        kept, skipped, leaks, changed, missing = [], [], [], [], []
+        unchecked = 0
+        for row in rows:
+            subject = str(row["subject"])
+            files = found.get(subject)
+            if files is None:
+                missing.append(subject)
+                continue
+            recorded = (row.get("input_sha256") or "").strip()
+            if not recorded:
+                unchecked += 1
+            elif image in files and self.digest(files[image]) != recorded:
+                changed.append(f"'{subject}': predicted from a file with SHA-256 {recorded[:12]}..., but its [{image}] "
+                               f"file found now is {files[image]} (SHA-256 {self.digest(files[image])[:12]}...)")
+            reason = provenance.trained_reason(record, subject, files, other_folder, self.digest, index)
+            if not reason:
+                kept.append(row)
+            elif str(row.get("trained_on", "")).strip().lower() == "yes":
+                skipped.append(subject)
+            else:
+                leaks.append(f"'{subject}': {reason}")
+        if missing:
+            raise ValueError(
+                f"{inferred_path}: {len(missing)} inferred subject(s) are not found in {where}: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; expected the input and reference "
+                "files of every inferred subject (evaluate with the [INFERENCE] input_dir inference used)."
             )
-        return chosen
+        if changed:
+            raise ValueError(
+                f"{inferred_path}: {len(changed)} prediction(s) were made from other files than the ones evaluation "
+                f"finds in {where}; scoring them against these references would mix subjects:\n{bullet_list(changed)}"
+                "\nEvaluate with the data inference used (the same input sections or [INFERENCE] input_dir), or run "
+                "inference again."
+            )
+        if leaks:
+            raise TrainedSubjectError(
+                f"{inferred_path}: the model was trained on {len(leaks)} subject(s) whose predictions are not marked "
+                "trained_on = yes; their scores would not measure generalisation, and nothing was written:\n"
+                f"{bullet_list(leaks)}\nRun inference again (it marks or refuses trained-on subjects)."
+            )
+        if unchecked:
+            print(f"[sfg_run] WARNING: {inferred_path} has no input_sha256 for {unchecked} subject(s) (written by an "
+                  "older sfg-keras): evaluation cannot check they were predicted from the files it finds now.",
+                  file=sys.stderr)
+        if skipped:
+            print(f"[sfg_run] evaluation leaves out {len(skipped)} subject(s) the model was trained on (inferred on "
+                  f"purpose, trained_on = yes): {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
+        if not kept:
+            raise TrainedSubjectError(
+                f"{inferred_path}: nothing to score: the model was trained on every inferred subject. Infer held-out "
+                "subjects (dataset_to_infer = '' or validation, or [INFERENCE] input_dir = a folder of new subjects)."
+            )
+        return kept
 
     def augmentation_ranges(self) -> tuple[float, float]:
         """`(scale, degrees)`: the largest absolute `[TRAINING] scaling_percentage` (as a fraction) and
@@ -234,6 +430,15 @@ class BaseApplication:
     def describe_batch(self, batch: int) -> str:
         """What training batch `batch` (0-based, as in `training_dataset`) holds, e.g. its files, for messages about
         a bad step; "" when unknown."""
+        return ""
+
+    def num_training_examples(self) -> int | None:
+        """How many examples training draws its batches from (after `prepare`), or None when unknown; a larger
+        `[NETWORK] batch_size` is refused."""
+        return None
+
+    def describe_training_examples(self) -> str:
+        """What the training examples are, for messages (e.g. "273 axial slices of 7 subjects")."""
         return ""
 
     def training_files(self) -> list[str]:

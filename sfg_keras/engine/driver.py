@@ -14,16 +14,25 @@ Runs you can trust:
 * `model_dir` is locked while training (`ModelDirLock`).
 * A refused or failed start writes nothing: checks run before the first write, and files created while the run was
   being set up are removed if setting up fails.
+* Provenance (`sfg_keras.engine.provenance`, `sfg_keras.training.checkpoints`): `run_record.json` keeps the split and
+  the training subjects' fingerprints; `lineage.json` which run wrote each checkpoint from which parent, with its
+  SHA-256. A resume or inference uses the newest checkpoint that matches its record (warning about any other);
+  `starting_iter = N` refuses later checkpoints unless `archive_branch` moves them aside; inference writes
+  `inference_record.json` next to its predictions. Every action starts by removing temporary files that killed runs
+  left (`sfg_keras.io.atomic.remove_stale_temporary_files`) and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import keras
@@ -33,14 +42,23 @@ from sfg_keras.config import ConfigError, write_settings
 from sfg_keras.engine import multi_worker
 from sfg_keras.engine.application import BaseApplication
 from sfg_keras.engine.lock import ModelDirLock, check_model_dir
+from sfg_keras.engine.provenance import INFERENCE_RECORD_FILE, RunRecord, relative_to
 from sfg_keras.engine.run_record import check_resume, read_record, write_record
-from sfg_keras.io.atomic import atomic_write_bytes, atomic_write_json
+from sfg_keras.io.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporary_files
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, bullet_list, files_fingerprint, fingerprint_changes
 from sfg_keras.layers import BatchStatisticsNormalization
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, NetworkOptions, SFGNetwork, TaskHead, build_network
-from sfg_keras.training.checkpoints import PeriodicCheckpoint, find_checkpoint
+from sfg_keras.training.checkpoints import (
+    CORRUPT_DIR,
+    CheckpointLineage,
+    PeriodicCheckpoint,
+    check_branch_name,
+    checkpoint_step,
+    list_checkpoints,
+    select_checkpoint,
+)
 
 TRAINING_FILES_FILE = "training_files.json"  # the fingerprint of the files the normalisation was fitted on
 
@@ -73,6 +91,29 @@ def _import_dotted(path: str, what: str):
     if not hasattr(module, attribute):
         raise ConfigError(f"{what} = {path!r}: module {module_name!r} has no attribute {attribute!r}.")
     return getattr(module, attribute)
+
+
+def warn(message: str) -> None:
+    """Prints a warning of the run on stderr."""
+    print(f"[sfg_run] WARNING: {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    """Where training continues from, and what must be moved out of the way first (after every check passed).
+
+    Attributes:
+        resume_from: the checkpoint to load, or None (from scratch).
+        invalid: checkpoint files that cannot be trusted (`CheckpointLineage.problem`), set aside into
+            `models/corrupt/`.
+        archive: later checkpoints of another history moved to `branches/<archive_branch>/models/`.
+        archive_branch: the branch name.
+    """
+
+    resume_from: Path | None = None
+    invalid: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    archive: list[Path] = dataclasses.field(default_factory=list)
+    archive_branch: str | None = None
 
 
 @contextlib.contextmanager
@@ -127,6 +168,7 @@ class Driver:
         self.tasks = application.tasks
         self.model_dir = Path(self.settings.system.model_dir)
         self.worker: multi_worker.WorkerRole | None = None  # this process's role in a multi-worker run
+        self.loaded_checkpoint: Path | None = None  # the checkpoint file `load_checkpoint` loaded
         self._strategy: tf.distribute.Strategy | None = None
 
     @property
@@ -235,15 +277,31 @@ class Driver:
             steps_per_execution=int(self.settings.training.steps_per_execution),
         )
 
-    def load_checkpoint(self, step: int = -1) -> tuple[SFGNetwork, int]:
-        """Loads the checkpoint of `step` (-1: latest) with its optimizer; returns the model and its iteration."""
-        path = find_checkpoint(self.checkpoint_dir, step)
-        if path is None:
+    def select_checkpoint(self, step: int = -1) -> Path:
+        """The checkpoint of `step`, or for -1 the newest one that matches its lineage record, warning about each
+        newer file that does not (a truncated, corrupted, replaced or foreign file).
+
+        Raises:
+            FileNotFoundError: no checkpoint (with the train command), or none of iteration `step`.
+            ValueError: the checkpoint of `step` is invalid, or none is (naming each file and why).
+        """
+        lineage = CheckpointLineage(self.model_dir)
+        if not list_checkpoints(self.checkpoint_dir):
             raise FileNotFoundError(
                 f"No checkpoint in {self.checkpoint_dir}: train first (sfg_run train -c {self.settings.config_path})."
             )
+        path, skipped = select_checkpoint(self.checkpoint_dir, int(step), lineage)
+        for bad, problem in skipped:
+            warn(f"{bad} cannot be used: {problem}. Using {path.name}, the newest valid checkpoint.")
+        return path
+
+    def load_checkpoint(self, step: int = -1, path: Path | None = None) -> tuple[SFGNetwork, int]:
+        """Loads the checkpoint of `step` (-1: the newest valid one; see `select_checkpoint`), or the file `path`,
+        with its optimizer; returns the model and its iteration."""
+        path = path if path is not None else self.select_checkpoint(step)
+        self.loaded_checkpoint = path
         model = keras.models.load_model(path)
-        iteration = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else int(path.stem[6:])
+        iteration = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else checkpoint_step(path)
         # `[NETWORK] batch_norm` decides the inference statistics of this run, whatever the checkpoint was built with.
         for layer in model._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, BatchStatisticsNormalization):
@@ -279,19 +337,9 @@ class Driver:
         checkpoint of iteration N; `starting_iter = 0` starts afresh and refuses to overwrite existing checkpoints.
         """
         self.configure_runtime()
-        training = self.settings.training
         check_model_dir(self.model_dir)
-        existing = find_checkpoint(self.checkpoint_dir, -1)
-        if training.starting_iter == 0 and existing is not None:
-            raise FileExistsError(
-                f"{self.checkpoint_dir} already holds checkpoints (latest {existing.name}). Resume with "
-                "--starting_iter=-1, or choose another [SYSTEM] model_dir."
-            )
-        resume_from = None
-        if existing is not None and training.starting_iter != 0:
-            resume_from = find_checkpoint(self.checkpoint_dir, int(training.starting_iter))
-        elif training.starting_iter > 0:
-            find_checkpoint(self.checkpoint_dir, int(training.starting_iter))  # raises, listing what exists
+        plan = self.resume_plan()
+        resume_from = plan.resume_from
         applied = check_resume(read_record(self.model_dir), self.settings, resume_from) if resume_from else []
         if not self.is_chief:  # a multi-worker run's other workers write nothing in model_dir
             return self._train_non_chief(resume_from, applied)
@@ -299,7 +347,95 @@ class Driver:
             with _remove_created_on_failure([self.model_dir], [Path(self.settings.system.dataset_split_file)],
                                             restored=[self.model_dir / SCAN_CACHE_FILE]):
                 model, start = self._set_up_training(resume_from, applied)
-            return self._report_worker(self._fit(model, start))
+            lineage = self._start_run(plan, start)
+            return self._report_worker(self._fit(model, start, lineage))
+
+    def resume_plan(self) -> ResumePlan:
+        """Where `train` starts, from `[TRAINING] starting_iter` and the checkpoints (checked, nothing written).
+
+        `-1`: the newest checkpoint that matches its lineage record (newer invalid files are named and set aside);
+        `N`: the checkpoint of iteration N, refusing valid later checkpoints (another history) unless
+        `archive_branch` names the branch to move them to; `0`: from scratch, refusing existing checkpoints.
+
+        Raises:
+            FileExistsError: checkpoints exist for `starting_iter = 0`, or later ones for `N` without
+                `archive_branch` (naming them), or the branch folder exists.
+            FileNotFoundError, ValueError: the checkpoint of N is missing or invalid, or no checkpoint is valid.
+        """
+        training = self.settings.training
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        starting_iter = int(training.starting_iter)
+        branch = str(training.archive_branch or "").strip() or None
+        if starting_iter == 0:
+            if checkpoints:
+                raise FileExistsError(
+                    f"{self.checkpoint_dir} already holds checkpoints (latest {checkpoints[max(checkpoints)].name}). "
+                    "Resume with --starting_iter=-1, or choose another [SYSTEM] model_dir."
+                )
+            return ResumePlan()
+        if not checkpoints and starting_iter == -1:
+            return ResumePlan()
+        lineage = CheckpointLineage(self.model_dir)
+        resume_from, skipped = select_checkpoint(self.checkpoint_dir, starting_iter, lineage)
+        plan = ResumePlan(resume_from, list(skipped))
+        for bad, problem in skipped:
+            warn(f"{bad} cannot be used: {problem}. Resuming from {resume_from.name}, the newest valid checkpoint; "
+                 f"{bad.name} is moved to {self.checkpoint_dir / CORRUPT_DIR}/.")
+        if starting_iter > 0:
+            for path in (path for step, path in checkpoints.items() if step > starting_iter):
+                problem = lineage.problem(path)
+                if problem is not None:
+                    plan.invalid.append((path, problem))
+                    warn(f"{path} cannot be used: {problem}. It is moved to {self.checkpoint_dir / CORRUPT_DIR}/.")
+                else:
+                    plan.archive.append(path)
+            if plan.archive and branch is None:
+                runs = sorted({str((lineage.entry(p) or {}).get("run") or "unrecorded") for p in plan.archive})
+                raise FileExistsError(
+                    f"{self.settings.config_path}: --starting_iter={starting_iter} would continue from "
+                    f"{resume_from.name}, but {self.checkpoint_dir} holds later checkpoints of another history: "
+                    f"{', '.join(p.name for p in plan.archive)} (run {', '.join(runs)}). Training on from "
+                    f"{starting_iter} would mix the two histories (a later resume or inference would pick up "
+                    f"{plan.archive[-1].name}). Continue the newest with --starting_iter=-1, keep the later ones "
+                    "aside with --archive_branch=NAME (moves them to model_dir/branches/NAME/models/), or train in "
+                    "another [SYSTEM] model_dir."
+                )
+            if plan.archive:
+                plan.archive_branch = check_branch_name(branch, self.model_dir)
+            elif branch is not None:
+                print(f"[sfg_run] no checkpoint after iteration {starting_iter}: [TRAINING] archive_branch = "
+                      f"{branch!r} has nothing to move.")
+        elif branch is not None:
+            print(f"[sfg_run] [TRAINING] archive_branch = {branch!r} applies with starting_iter = N > 0; ignored.")
+        return plan
+
+    def _start_run(self, plan: ResumePlan, start: int) -> CheckpointLineage:
+        """After a successful set-up: removes leftovers of killed runs, sets invalid checkpoints aside, archives the
+        later history, and records the new run in the lineage (chief only)."""
+        self.remove_leftovers()
+        lineage = CheckpointLineage(self.model_dir)
+        if not lineage.recorded:  # checkpoints of an older sfg-keras: recorded as they are
+            invalid = {path for path, _ in plan.invalid}
+            lineage.adopt([path for path in list_checkpoints(self.checkpoint_dir).values() if path not in invalid])
+        if plan.invalid:
+            moved = lineage.set_aside([path for path, _ in plan.invalid], self.checkpoint_dir / CORRUPT_DIR)
+            print(f"[sfg_run] set aside {len(moved)} invalid checkpoint(s): "
+                  f"{', '.join(str(lineage.key(path)) for path in moved)}")
+        if plan.archive:
+            folder = lineage.archive(plan.archive, plan.archive_branch)
+            print(f"[sfg_run] archived the history after iteration {start} ({', '.join(p.name for p in plan.archive)}"
+                  f") as branch {plan.archive_branch!r} in {folder}; training continues from "
+                  f"{plan.resume_from.name}.")
+        lineage.start_run(plan.resume_from, start, int(self.settings.training.max_iter), plan.archive_branch)
+        return lineage
+
+    def remove_leftovers(self, *folders: str | os.PathLike) -> None:
+        """Removes the temporary files killed runs left in model_dir (and `folders`), saying so."""
+        removed = remove_stale_temporary_files([self.model_dir, *folders])
+        if removed:
+            shown = ", ".join(str(relative_to(path, self.model_dir)) for path in removed[:10])
+            print(f"[sfg_run] removed {len(removed)} temporary file(s) left by a killed run: {shown}"
+                  f"{' ...' if len(removed) > 10 else ''}", flush=True)
 
     # === Several machines (`[SYSTEM] distribute = multi_worker`, see sfg_keras.engine.multi_worker) ===
 
@@ -346,16 +482,61 @@ class Driver:
                 model, start = self.build_model(), 0
                 self.compile_model(model)
             else:
-                model, start = self.load_checkpoint(int(resume_from.stem[6:]))
+                model, start = self.load_checkpoint(path=resume_from)
                 self._resume(model, applied)
         training_files = self._check_training_files(resume_from is not None)
+        self._check_batch_size()
+        record = RunRecord.load(self.model_dir) if resume_from is not None else None
+        if record is not None:
+            self._check_recorded_split(record)
         if self.is_chief:
             write_settings(self.settings)
             write_record(self.settings, self.model_dir)
             if training_files is not None:
                 atomic_write_json(self.model_dir / TRAINING_FILES_FILE, training_files)
+            if record is None:
+                self._write_run_record(resumed=resume_from is not None)
             self.write_run_info(model)
         return model, start
+
+    def _check_batch_size(self) -> None:
+        """Refuses a `[NETWORK] batch_size` larger than the training examples (every batch would repeat them)."""
+        count = self.application.num_training_examples()
+        batch_size = int(self.settings.network.batch_size)
+        if count is not None and batch_size > count:
+            raise ConfigError(
+                f"{self.settings.config_path}: [NETWORK] batch_size = {batch_size} is larger than the {count} "
+                f"training examples ({self.application.describe_training_examples()}): every batch would repeat "
+                f"examples, and memory grows with the batch for nothing. Expected at most {count}."
+            )
+
+    def _check_recorded_split(self, record: RunRecord) -> None:
+        """On resume: the split must be the one the model was trained with (`run_record.json`)."""
+        split = self.application.subject_split
+        if split is None or split == record.split:
+            return
+        leaks, others = record.split_differences(split)
+        raise ConfigError(
+            f"{self.settings.config_path}: {self.settings.system.dataset_split_file} differs from the split this model "
+            f"was trained with ({self.model_dir / 'run_record.json'}); resuming would train on other subjects:\n"
+            f"{bullet_list(leaks + others)}\nRestore the split file, or train on the new split in another "
+            "[SYSTEM] model_dir."
+        )
+
+    def _write_run_record(self, resumed: bool) -> None:
+        """Writes `run_record.json`: the split and the training subjects with the fingerprints of their files."""
+        application = self.application
+        split = application.subject_split
+        if split is None:
+            return  # the application does not use the split file
+        training = application.training_subjects(split)
+        record = RunRecord.create(self.model_dir, application.name, split, application.subject_files(training),
+                                  application.digest)
+        record.save(self.model_dir)
+        application.save_digests()
+        if resumed:
+            print(f"[sfg_run] recorded the split and the {len(training)} training subjects in run_record.json (this "
+                  "model_dir had none: an older sfg-keras trained it).")
 
     def _check_training_files(self, resuming: bool) -> dict | None:
         """The fingerprint of `application.training_files()`; on resume, refuses a training set that changed since
@@ -376,9 +557,10 @@ class Driver:
                 )
         return current
 
-    def training_callbacks(self, model: SFGNetwork, validation) -> list[keras.callbacks.Callback]:
-        """The non-finite guard, checkpoints, the run monitor (progress, scalars, validation) and the grouping
-        logger."""
+    def training_callbacks(self, model: SFGNetwork, validation, lineage: CheckpointLineage | None = None
+                           ) -> list[keras.callbacks.Callback]:
+        """The non-finite guard, checkpoints (recorded in `lineage`), the run monitor (progress, scalars,
+        validation) and the grouping logger."""
         from sfg_keras.training.grouping_logger import GroupingLogger
         from sfg_keras.training.monitor import TrainingMonitor
         from sfg_keras.training.non_finite_guard import NonFiniteGuard
@@ -388,7 +570,7 @@ class Driver:
         callbacks = [
             # First: a non-finite step stops the run before any checkpoint callback sees it.
             NonFiniteGuard(training.non_finite, describe_batch=lambda step: self.application.describe_batch(step - 1)),
-            PeriodicCheckpoint(self.checkpoint_dir, training.save_every_n, training.max_checkpoints),
+            PeriodicCheckpoint(self.checkpoint_dir, training.save_every_n, training.max_checkpoints, lineage),
             TrainingMonitor(
                 int(training.max_iter),
                 log_dir=self.log_dir if summaries > 0 or validation is not None else None,
@@ -404,7 +586,7 @@ class Driver:
                                             task_names=[task.name for task in self.tasks], log_metrics=False))
         return callbacks
 
-    def _fit(self, model: SFGNetwork, start: int) -> SFGNetwork:
+    def _fit(self, model: SFGNetwork, start: int, lineage: CheckpointLineage | None = None) -> SFGNetwork:
         training = self.settings.training
         max_iter = int(training.max_iter)
         if start >= max_iter:
@@ -419,7 +601,7 @@ class Driver:
             dataset,
             steps_per_epoch=max_iter - start,
             epochs=1,
-            callbacks=self._worker_callbacks() + self.training_callbacks(model, validation),
+            callbacks=self._worker_callbacks() + self.training_callbacks(model, validation, lineage),
             shuffle=False,  # the datasets order themselves (sfg_keras.data.example_order)
             verbose=0,
         )
@@ -448,6 +630,7 @@ class Driver:
         inference = self.settings.inference
         self.application.prepare(fit=False)
         model, iteration = self.load_checkpoint(int(inference.inference_iter))
+        self.remove_leftovers(self.application.output_dir)
         write_settings(self.settings)
         print(f"Inference with the checkpoint of iteration {iteration} "
               f"({inference.inference_mode}, num_samples = {inference.num_samples}).")
@@ -465,17 +648,58 @@ class Driver:
             print(f"{item.key}: wrote {len(files)} files", flush=True)
             written.extend(files)
         written.extend(self.application.finish_inference(written))
+        written.append(self.write_inference_record(iteration))
         print(f"Wrote {len(written)} files to {self.application.output_dir}")
         return written
+
+    def write_inference_record(self, iteration: int) -> Path:
+        """`save_seg_dir/inference_record.json`: the checkpoint (file relative to model_dir, iteration, the run that
+        wrote it, its SHA-256 and history), the mode, the data and the subjects of the predictions."""
+        inference = self.settings.inference
+        lineage = CheckpointLineage(self.model_dir)
+        path = self.loaded_checkpoint
+        entry = lineage.entry(path) or {}
+        chosen = self.application.chosen_subjects
+        input_dir = self.application.input_dir
+        record = {
+            "checkpoint": {"file": lineage.key(path), "iteration": int(iteration), "run": entry.get("run"),
+                           "sha256": entry.get("sha256"), "history": lineage.history(path)},
+            "inference_mode": inference.inference_mode, "num_samples": int(inference.num_samples),
+            "dataset_to_infer": inference.dataset_to_infer,
+            "input_dir": relative_to(input_dir, self.model_dir) if input_dir is not None else None,
+            "subjects": {subject: item.columns() for subject, item in sorted(chosen.items())},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return atomic_write_json(self.application.output_dir / INFERENCE_RECORD_FILE, record)
 
     def evaluation(self) -> list[Path]:
         """Evaluates the inferred outputs and writes per-subject and summary CSVs."""
         self.application.prepare(fit=False)
+        self._describe_predictions()
+        self.remove_leftovers(self.application.evaluation_dir)
+        written = self.application.evaluate()  # checks everything before it writes
         write_settings(self.settings)
-        written = self.application.evaluate()
         for path in written:
             print(f"Wrote {path}")
         return written
+
+    def _describe_predictions(self) -> None:
+        """Says which checkpoint made the predictions evaluation reads (`inference_record.json`), and warns when it
+        is no longer a checkpoint of the current lineage."""
+        path = self.application.output_dir / INFERENCE_RECORD_FILE
+        if not path.is_file():
+            warn(f"{path} does not exist (predictions of an older sfg-keras?): which checkpoint made them is unknown.")
+            return
+        checkpoint = json.loads(path.read_text(encoding="utf-8")).get("checkpoint", {})
+        print(f"[sfg_run] evaluating the predictions of {checkpoint.get('file')} (iteration "
+              f"{checkpoint.get('iteration')}, run {checkpoint.get('run')})")
+        file = self.model_dir / str(checkpoint.get("file"))
+        lineage = CheckpointLineage(self.model_dir)
+        entry = lineage.entry(file)
+        if not file.is_file() or (entry is not None and entry.get("sha256") != checkpoint.get("sha256")):
+            warn(f"the checkpoint that made these predictions, {checkpoint.get('file')}, is no longer in "
+                 f"{self.checkpoint_dir} as it was (archived to a branch, pruned or replaced): the metrics describe "
+                 "that checkpoint, not the current lineage.")
 
     def export(self) -> dict:
         """Exports the inference checkpoint as the next version under `model_dir/export/`: SavedModels (MC, MAP and
@@ -487,6 +711,7 @@ class Driver:
         self.configure_runtime()
         inference = self.settings.inference
         model, iteration = self.load_checkpoint(int(inference.inference_iter))
+        self.remove_leftovers()
         preprocessor = self.application.serving_preprocessor()
         write_settings(self.settings)
         export_dir = self.model_dir / "export"
@@ -512,6 +737,7 @@ class Driver:
 
         self.configure_runtime()
         model, iteration = self.load_checkpoint(int(self.settings.inference.inference_iter))
+        self.remove_leftovers()
         write_settings(self.settings)
         history = self.log_dir / "grouping_history.npz"
         written = write_grouping_report(

@@ -20,7 +20,7 @@ RUN_SETTINGS_FILE = "run_settings.json"
 #: Sections recorded; [INFERENCE], [EVALUATION] and the input sections (file locations) are not.
 _RECORDED_SECTIONS = ("SYSTEM", "NETWORK", "TRAINING", "MULTITASK", "SFG")
 #: Keys that never matter for a resume (where the run is, what it reports, how the recipe was named).
-_IGNORED = {("SYSTEM", "model_dir"), ("TRAINING", "starting_iter"), ("SFG", "recipe")}
+_IGNORED = {("SYSTEM", "model_dir"), ("TRAINING", "starting_iter"), ("TRAINING", "archive_branch"), ("SFG", "recipe")}
 
 #: Keys a resumed run applies: `{section: {key, ...}}`.
 APPLIED_ON_RESUME = {

@@ -119,9 +119,9 @@ def evaluate_ct_and_labels(
     Keys:
     - `psnr`, `mae`: over the whole volume (Hounsfield units).
     - `psnr_bone`, `mae_bone`: over reference voxels with `bone_label`.
-    - `mae_<name>` for every label in `label_names` (background included; `nan` if the label is absent from the
-      reference).
-    - `dice_<name>` for every non-background label, and `dice_mean`, their mean.
+    - `mae_in_<name>` for every label in `label_names` (background included; `nan` if the label is absent from the
+      reference): a prefix of its own, so that no label name can overwrite `mae_bone` or `psnr_bone`.
+    - `dice_<name>` for every non-background label, and `dice_mean`, their mean (a label named `mean` is refused).
 
     Names are lower-cased with non-alphanumeric runs replaced by `_`.
 
@@ -162,6 +162,13 @@ def evaluate_ct_and_labels(
     names = {int(label): _metric_name(name) for label, name in label_names.items()}
     if len(set(names.values())) != len(names):
         raise ValueError(f"label_names must give distinct names. Received: label_names={dict(label_names)}")
+    clashing = [name for label, name in names.items() if label != 0 and f"dice_{name}" == "dice_mean"]
+    if clashing:
+        raise ValueError(f"label_names: a label named {clashing[0]!r} would write its Dice over dice_mean, the mean "
+                         f"Dice; expected another name. Received: label_names={dict(label_names)}")
+    if bone_label not in names or bone_label == 0:
+        raise ValueError(f"bone_label must be a foreground label of label_names. Received: bone_label={bone_label}, "
+                         f"label_names={dict(label_names)}")
 
     bone = label_ref == bone_label
     metrics = {
@@ -171,7 +178,7 @@ def evaluate_ct_and_labels(
         "mae_bone": mae(ct_pred_hu, ct_ref_hu, mask=bone),
     }
     for label, name in names.items():
-        metrics[f"mae_{name}"] = mae(ct_pred_hu, ct_ref_hu, mask=label_ref == label)
+        metrics[f"mae_in_{name}"] = mae(ct_pred_hu, ct_ref_hu, mask=label_ref == label)
     foreground = [label for label in names if label != 0]
     dice = dice_per_label(label_pred, label_ref, foreground)
     for label in foreground:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -235,7 +236,15 @@ def _search_section(section: InputSection, base_dir: str | Path) -> dict[str, Pa
                 f"(resolved to '{folder}')."
             )
         for file_path in _candidate_files(folder):
-            resolved = file_path.resolve()
+            try:
+                resolved = file_path.resolve()
+            except (RuntimeError, OSError) as error:  # RuntimeError: pathlib's symbolic link loop before 3.13
+                if isinstance(error, OSError) and error.errno != errno.ELOOP:
+                    raise
+                raise ValueError(
+                    f"Section [{section.name}]: '{file_path}' is a symbolic link loop (following it leads back to "
+                    "itself); expected an image file or a link to one. Remove or fix the link."
+                ) from None
             if resolved in seen:
                 continue
             seen.add(resolved)

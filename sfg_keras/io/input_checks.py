@@ -11,6 +11,7 @@ compare the files a normalisation was fitted on.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -119,8 +120,14 @@ class InputProblems:
         except InputCheckFailure as failure:
             self.add(path, failure.problem, failure.expected, subject)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                self.add(path, "is a symbolic link loop (following it leads back to itself)",
+                         f"{expected} (remove or fix the link)", subject)
+                return None
             reason = error.strerror or str(error) or type(error).__name__
             self.add(path, f"cannot be read ({type(error).__name__}: {reason})", expected, subject)
+        except RuntimeError as error:  # pathlib's symbolic link loop before Python 3.13
+            self.add(path, f"is a symbolic link loop ({error})", f"{expected} (remove or fix the link)", subject)
         return None
 
     def __len__(self) -> int:
@@ -199,6 +206,40 @@ class ScanCache:
             self._changed = False
         except OSError:
             pass
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's bytes.
+
+    Example:
+
+    ```python
+    file_sha256("model_dir/models/model-40.keras")  # "9f86d0..."
+    ```
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: Name (and version) of the content digests in a `ScanCache`.
+DIGEST_SCAN = "sha256-v1"
+
+
+def cached_sha256(path: str | os.PathLike, cache: ScanCache | None = None) -> str:
+    """`file_sha256(path)`, taken from `cache` while the file's size and modification time are unchanged.
+
+    Example:
+
+    ```python
+    cached_sha256("data/MR/subj_000_mr.nii.gz", ScanCache(model_dir / SCAN_CACHE_FILE))
+    ```
+    """
+    if cache is None:
+        return file_sha256(path)
+    return str(cache.get_or_scan(path, DIGEST_SCAN, lambda p: {"sha256": file_sha256(p)})["sha256"])
 
 
 def files_fingerprint(paths: Iterable[str | os.PathLike], base_dir: str | os.PathLike | None = None) -> dict:
