@@ -437,7 +437,9 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
         np.testing.assert_allclose(volumes["ct_std"], 25.0, rtol=1e-5)
     with open(output / "inferred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows == [{"subject": subject, **{key: str(path) for key, path in names.items()}}]
+    mr_file = str(item.context.reference.path)
+    assert mr_file.endswith(f"{subject}_mr.nii.gz")  # the MR of each subject, for the report's slices
+    assert rows == [{"subject": subject, "image": mr_file, **{key: str(path) for key, path in names.items()}}]
 
 
 def test_write_outputs_names_a_missing_prediction(prepared, tmp_path, cohort):
