@@ -50,8 +50,8 @@ class GroupingLogger(keras.callbacks.Callback):
     * at the start of training (step 0 of a new run), every `image_every_n_steps` (by default every
       `every_n_steps`) and at the end of training, one image per layer: for two tasks the ternary density of the
       kernels' `p` (`ternary/<layer>`, supplementary Fig. 2), otherwise every kernel's `p` as an image
-      (`group_shares/<layer>`). An image costs a matplotlib render (about 0.3 s per layer on a CPU core); raise
-      `image_every_n_steps` for long runs with many layers.
+      (`group_shares/<layer>`). An image costs a matplotlib render (under a second of one CPU core per layer);
+      raise `image_every_n_steps` for long runs with many layers.
 
     At the end of each epoch the validation logs (`val_*` keys) are written as `validation/<key without val_>`;
     from a standalone `model.evaluate(..., callbacks=[logger])` the evaluation logs are written the same way.
