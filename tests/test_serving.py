@@ -164,10 +164,13 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     folder, _ = trained_run
     shutil.copytree(folder / "model", tmp_path / "model", ignore=shutil.ignore_patterns("export", "output*"))
     config = str(write_config(tmp_path, cohort))
+    # A CT range narrower than the predictions, so that both sfg_run inference and the exports must clip.
+    low, high = -400.0, 200.0
+    bounds = f"--output_bounds=ct:{low:g}:{high:g}"
     for mode in ("map", "expected", "mc"):  # one batch per volume (16 slices), as one request is
         sfg_run("inference", "-c", config, f"--inference_mode={mode}", "--INFERENCE.batch_size=64",
-                f"--save_seg_dir=out_{mode}")
-    sfg_run("export", "-c", config)
+                f"--save_seg_dir=out_{mode}", bounds)
+    sfg_run("export", "-c", config, bounds)
     saved = tmp_path / "model" / "export"
     inferred = {mode: _inferred_rows(tmp_path / "model" / f"out_{mode}") for mode in ("map", "expected", "mc")}
     subject = sorted(inferred["map"])[0]
@@ -181,6 +184,7 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
                             ("map", "compact/0/serving_default/0")):
         row = inferred[mode][subject]
         ct = load_nifti(row["ct"]).data
+        assert ct.min() >= low and ct.max() <= high and np.mean(ct == low) > 0.01, (mode, ct.min(), ct.max())
         np.testing.assert_allclose(_volume(served[f"{signature}/ct_mean"]), ct, atol=0.05)  # HU, bounded alike
         labels = load_nifti(row["organs"]).data
         assert np.mean(_volume(served[f"{signature}/organs_label"]) == labels) > 0.999, signature
@@ -191,6 +195,7 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     ct, ct_std = load_nifti(row["ct"]).data, load_nifti(row["ct_std"]).data
     served_ct = _volume(served["full/0/serving_default/0/ct_mean"])  # HU
     served_std = _volume(served["full/0/serving_default/0/ct_std"])
+    assert low <= ct.min() and ct.max() <= high and low <= served_ct.min() and served_ct.max() <= high
     assert served_ct.shape == ct.shape == mr.shape
     error = np.sqrt(2.0 / 3.0) * 0.5 * (ct_std + served_std)  # sd of the difference of two 3-sample means
     assert np.mean(np.abs(served_ct - ct)) <= 1.5 * np.mean(error) + 1.0
