@@ -116,9 +116,12 @@ class ServingModel(keras.Model):
         self.mode = mode
         self.num_samples = int(num_samples)
         if request_shape is None:
-            request_shape = (
-                preprocessor.request_shape if preprocessor is not None else model_input_shape(network)[1:]
-            )
+            if preprocessor is not None:
+                request_shape = preprocessor.request_shape
+            elif is_sfg:
+                request_shape = model_input_shape(network)[1:]
+            else:  # a functional network (the compact model): its input layer's shape
+                request_shape = tuple(network.inputs[0].shape)[1:]
         self.request_shape = tuple(None if size is None else int(size) for size in request_shape)
         if preprocessor is not None and not preprocessor.built:
             preprocessor.build((None, *self.request_shape))
