@@ -54,7 +54,7 @@ from .prediction_tables import (
 )
 
 if TYPE_CHECKING:
-    from sfg_keras.export import ServingPreprocessor
+    from sfg_keras.serving import ImagePreprocessor
 
 DEFAULT_IMAGE_SIZE = (200, 200)
 STATISTICS_FILE = "image_statistics.json"
@@ -202,7 +202,7 @@ class AgeGenderApplication(BaseApplication):
         """`(height, width, channels)`, e.g. `(200, 200, 3)`."""
         return (*self.image_size, self.channels)
 
-    def serving_preprocessor(self) -> ServingPreprocessor:
+    def serving_preprocessor(self) -> ImagePreprocessor:
         """Raw decoded pixels in, as the exported SavedModel takes them: `[N, h, w, channels]`, values 0..255 (uint8
         pixels sent as numbers), any `h, w` (one size per request).
 
@@ -220,21 +220,13 @@ class AgeGenderApplication(BaseApplication):
         app.serving_preprocessor().preprocess(pixels)  # what the network was trained on
         ```
         """
-        from sfg_keras.export import ServingPreprocessor
+        from sfg_keras.serving import ImagePreprocessor
 
         if self._statistics is None:
             self._statistics = self._load_statistics()
-        standardise, size = self._standardiser(), self.image_size
-
-        def preprocess(images: tf.Tensor) -> tf.Tensor:
-            return standardise(tf.image.resize(tf.cast(images, tf.float32), size, antialias=True))
-
-        return ServingPreprocessor(
-            preprocess,
-            input_shape=(None, None, self.channels),
-            description=f"decoded {self.channels}-channel pixels 0..255 [N, h, w, {self.channels}] (one size per "
-            f"request), resized to {list(size)} and standardised in the graph",
-        )
+        statistics = self.image_statistics
+        return ImagePreprocessor(self.image_size, mean=statistics["mean"], std=statistics["std"],
+                                 whitening=bool(self.settings.network.whitening), name="images")
 
     def target_scale(self, task: TaskSpec) -> float:
         """Divisor of `task`'s regression targets: `[AGE_GENDER] target_scale`, else 100 for `age` read from file
@@ -258,6 +250,10 @@ class AgeGenderApplication(BaseApplication):
     def regression_scale(self, task: TaskSpec) -> float:
         """`target_scale(task)` for a regression task, else 1."""
         return self.target_scale(task) if task.type == "regression" else 1.0
+
+    def regression_unit(self, task: TaskSpec) -> str:
+        """`"years"` for the UTKFace age read from file names, else unnamed."""
+        return "years" if task.name == "age" and task.label == "filename" else ""
 
     def unit(self, task: TaskSpec) -> str:
         """The unit of a regression task in messages: ` years` for the UTKFace age, else empty."""

@@ -78,13 +78,15 @@ from .mr_ct_data import (
 from .mr_ct_evaluation import INFERRED_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
-    from sfg_keras.export import ServingPreprocessor
+    from sfg_keras.serving import VolumePreprocessor
 
 __all__ = ["INFERRED_FILE", "METRICS_FILE", "MRCTApplication", "SubjectContext", "TRAINING_STATISTICS_FILE"]
 
 SECTION = "MR_CT"
 DEFAULT_LABEL_NAMES = ("background", "bone", "bladder", "prostate", "rectum")
 TRAINING_STATISTICS_FILE = "training_statistics.json"
+#: Default range of synthetic CT (`[INFERENCE] output_bounds`): a 12-bit CT, air at -1024 HU.
+CT_RANGE_HU = (-1024.0, 3071.0)
 
 class MRCTApplication(BaseApplication):
     """MR-to-CT synthesis plus organ segmentation on axial slices of NIfTI volumes.
@@ -250,6 +252,18 @@ class MRCTApplication(BaseApplication):
         """CT targets are `HU / 1024 + 1`: errors are reported in Hounsfield units."""
         return CT_SCALE if task.type == "regression" else 1.0
 
+    def regression_offset(self, task: TaskSpec) -> float:
+        """`HU = 1024 * y - 1024` for the CT target `y = HU / 1024 + 1`."""
+        return -CT_SCALE if task.type == "regression" else 0.0
+
+    def regression_unit(self, task: TaskSpec) -> str:
+        """Hounsfield units."""
+        return "HU"
+
+    def default_output_bounds(self, task: TaskSpec) -> tuple[float, float]:
+        """The range of a 12-bit CT, `CT_RANGE_HU` (-1024..3071 HU): air to dense cortical bone."""
+        return CT_RANGE_HU
+
     def input_shape(self) -> tuple[int, ...]:
         """Training patches: `(*padded_size, 1)`."""
         return (*self.padded_patch_size, 1)
@@ -258,7 +272,7 @@ class MRCTApplication(BaseApplication):
         """Whole slices of any size (SFG-HighResNet is fully convolutional): `(None, None, 1)`."""
         return (None, None, 1)
 
-    def serving_preprocessor(self) -> ServingPreprocessor:
+    def serving_preprocessor(self) -> VolumePreprocessor:
         """Raw MR in, as the exported SavedModel takes it: one request = the axial slices of ONE volume, `[Z, X, Y, 1]`
         raw intensities of any slice size (see `mr_ct_serving`).
 
@@ -660,7 +674,7 @@ class MRCTApplication(BaseApplication):
             `<task>_std_...` (CT std in HU) / `<task>_entropy_...` (nats); `inferred.csv` gets their names.
         """
         context: SubjectContext = item.context
-        entry = {"subject": item.key}
+        entry = {"subject": item.key, "image": str(context.reference.path or "")}
         written: list[Path] = []
         for task in self.tasks:
             for statistic, data, dtype in self._task_volumes(item, task, predictions):
@@ -684,6 +698,12 @@ class MRCTApplication(BaseApplication):
             writer.writeheader()
             writer.writerows(table)
         return [path]
+
+    def report_figures(self) -> list:
+        """Mid-slices of MR, synthetic CT, labels and uncertainty of every inferred subject (`mr_ct_report`)."""
+        from .mr_ct_report import report_figures
+
+        return report_figures(self)
 
     # === Evaluation ===
 

@@ -15,8 +15,10 @@ import importlib.util
 import sys
 import warnings
 
-#: The modules whose import registers the serialisable classes (layers, the network, losses, metrics).
-SERIALIZABLE_MODULES = ("sfg_keras.layers", "sfg_keras.models", "sfg_keras.losses", "sfg_keras.metrics")
+#: The modules whose import registers the serialisable classes (layers, the network, losses, metrics, serving).
+SERIALIZABLE_MODULES = (
+    "sfg_keras.layers", "sfg_keras.models", "sfg_keras.losses", "sfg_keras.metrics", "sfg_keras.serving",
+)
 
 
 def register_all() -> None:

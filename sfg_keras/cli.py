@@ -1,7 +1,8 @@
 """`sfg_run`: the NiftyNet-style command line of sfg-keras.
 
 ```
-sfg_run ACTION -c CONFIG.ini [-a APPLICATION] [--key=value ...]   (train, inference, evaluation, export, analyse)
+sfg_run ACTION -c CONFIG.ini [-a APPLICATION] [--key=value ...]   (train, inference, evaluation, export, analyse,
+                                                                    report)
 sfg_run generate-data {pelvis,head,utkface,mnist} -o FOLDER [--num N] [--data-seed S] [--overwrite]
 sfg_run demo [-o FOLDER]
 sfg_run config-help
@@ -16,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-ACTIONS = ("train", "inference", "evaluation", "export", "analyse")
+ACTIONS = ("train", "inference", "evaluation", "export", "analyse", "report")
 GENERATORS = ("pelvis", "head", "utkface", "mnist")
+PROGRESS = ("tasks", "all")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _EPILOG = """
@@ -26,10 +28,12 @@ examples:
   sfg_run train -c configs/demo_mr_ct.ini --max_iter=200 --starting_iter=-1      (resume, train longer)
   sfg_run train -c configs/demo_mr_ct.ini --starting_iter=300 --archive_branch=first-try
                                     (continue from checkpoint 300; the later ones move to model_dir/branches/first-try)
+  sfg_run train -c configs/demo_mr_ct.ini --progress=all      (the bar also shows data_loss, weight_term, ...)
   sfg_run inference -c configs/demo_mr_ct.ini --num_samples=20
   sfg_run inference -c configs/demo_mr_ct.ini --input_dir=$PWD/new_scans   (another folder; the split is not used)
   sfg_run evaluation -c configs/demo_mr_ct.ini
   sfg_run analyse -c configs/demo_mr_ct.ini
+  sfg_run report -c configs/demo_mr_ct.ini      (model_dir/report.html)
   sfg_run export -c configs/demo_mr_ct.ini
   sfg_run export -c configs/demo_mr_ct.ini --export_seed=7     (every load of the MC signature replays one stream)
   sfg_run train -c my.ini -a my_package.my_module.MyApplication
@@ -59,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                       "subject); writes CSV tables",
         "export": "versioned SavedModels for TF Serving (raw inputs; export_seed), .keras files, the compact MAP model",
         "analyse": "PNG plots and CSV/JSON summaries of the learned grouping",
+        "report": "model_dir/report.html: one self-contained page with settings, curves, evaluation, grouping "
+        "and figures of the inferred outputs",
     }
     for action in ACTIONS:
         sub = actions.add_parser(
@@ -72,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
             "(default: detected from the config's [AGE_GENDER] / [MR_CT] section)"
         )
         sub.add_argument("--debug", action="store_true", help="show full tracebacks")
+        if action == "train":
+            sub.add_argument(
+                "--progress", choices=PROGRESS, default="tasks",
+                help="what the progress bar shows (means over the TensorBoard interval): tasks = task losses and "
+                "metrics, loss and temperature (default); all = also data_loss, weight_term, entropy_term and "
+                "non_finite_step (always in TensorBoard)",
+            )
     gen = actions.add_parser("generate-data", help="write a generated or packaged demo data set")
     gen.add_argument("kind", choices=GENERATORS, help="pelvis (NIfTI MR/CT/labels), head (MNI152-based NIfTI), "
                      "utkface (UTKFace-named JPEGs), mnist (5,000 real digits + labels.csv)")
@@ -90,8 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 _CURRENT_MODEL_DIR: list[str] = []  # model_dir of the action running in this process (for the error log)
 
 
-def run_action(action: str, config: str, app: str | None = None, overrides: list[str] | None = None):
-    """Runs one sfg_run action in this process and returns what the engine returned.
+def run_action(action: str, config: str, app: str | None = None, overrides: list[str] | None = None,
+               progress: str = "tasks"):
+    """Runs one sfg_run action in this process and returns what the engine returned (`progress`: what the training
+    progress bar shows, `"tasks"` or `"all"`).
 
     Example:
 
@@ -118,7 +133,7 @@ def run_action(action: str, config: str, app: str | None = None, overrides: list
     print(f"[sfg_run] {action} with {application_class.__name__} (model_dir {settings.system.model_dir})")
     from sfg_keras.engine.driver import Driver
 
-    return Driver(application_class(settings)).run(action)
+    return Driver(application_class(settings), progress=progress).run(action)
 
 
 def generate_data(kind: str, output: str, num: int | None, seed: int, overwrite: bool):
@@ -138,8 +153,9 @@ def generate_data(kind: str, output: str, num: int | None, seed: int, overwrite:
 
 
 def _demo(output: str | None) -> None:
-    """The README's main job: generate the pelvis cohort, train SFG, Monte-Carlo inference, evaluation, plots and
-    export. Idempotent: existing data are reused and training resumes from (or stops at) the last checkpoint."""
+    """The README's main job: generate the pelvis cohort, train SFG, Monte-Carlo inference, evaluation, plots, export
+    and the HTML report (its path is the last line printed). Idempotent: existing data are reused and training
+    resumes from (or stops at) the last checkpoint."""
     import csv
 
     start = time.time()
@@ -181,6 +197,8 @@ def _demo(output: str | None) -> None:
         if mean:
             keys = [k for k in mean if k.startswith(("mae", "psnr", "dice", "reference"))]
             print("mean over test subjects: " + ", ".join(f"{k}={float(mean[k]):.3f}" for k in keys if mean[k]))
+    print(f"HTML report (settings, curves, evaluation, grouping, slices of every inferred subject): "
+          f"{model_dir / 'report.html'}")
 
 
 def _print_share_changes(summary_csv: Path, settings) -> None:
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "demo":
             _demo(args.output)
             return 0
-        run_action(args.action, args.config, args.app, extra)
+        run_action(args.action, args.config, args.app, extra, progress=getattr(args, "progress", "tasks"))
         return 0
     except KeyboardInterrupt:
         print("sfg_run: interrupted", file=sys.stderr)

@@ -1,29 +1,35 @@
-"""Export of a trained SFG network for TensorFlow Serving: versioned SavedModels with named inputs and outputs.
+"""Export of a trained SFG network for TensorFlow Serving: versioned SavedModels and `.keras` files that take the raw
+input and return outputs in physical units.
 
-`export_model` writes, under `export_dir`:
+`export_model` writes, under `export_dir`, for one version `v` (nothing of an earlier version is ever replaced):
 
-* `<name>/<version>/`: a SavedModel (the layout TF Serving's `--model_base_path` expects) with one input `images`
-  and three signatures, all with the outputs of `sfg_keras.inference`'s prediction schema flattened to
-  `<task>_<key>`: `<task>_mean` and `<task>_std` for regression tasks, `<task>_probabilities`, `<task>_label` and
-  `<task>_entropy` for classification and segmentation tasks (`sfg_keras.groups.PREDICTION_KEYS`):
+* `<name>/<v>/`: a SavedModel (the layout TF Serving's `--model_base_path` expects) with one input `images` and three
+  signatures, all with the outputs of `sfg_keras.inference`'s prediction schema flattened to `<task>_<key>`:
+  `<task>_mean` and `<task>_std` for regression tasks (in the task's physical unit, the mean bounded to its range:
+  `sfg_keras.physical_outputs`), `<task>_probabilities`, `<task>_label` and `<task>_entropy` for classification and
+  segmentation tasks (`sfg_keras.groups.PREDICTION_KEYS`):
 
-  * `serving_default`: the Monte-Carlo aggregated prediction (`sfg_keras.inference.monte_carlo_outputs` with
-    `num_samples` fixed at export; `label` is the majority vote, `entropy` that of the mean probabilities);
-  * `map`: the deterministic MAP architecture (`sfg_keras.inference.map_outputs`; `std` is zero);
+  * `serving_default`: the Monte-Carlo aggregated prediction of `num_samples` architectures (fixed at export;
+    `label` is the majority vote, `entropy` that of the mean probabilities);
+  * `map`: the deterministic MAP architecture, computed by the compact MAP network (`sfg_keras.compact`: only each
+    group's MAP kernels, no sampling), equal to the SFG network's MAP pass within float rounding (`std` is zero);
   * `expected`: the deterministic expected network (`sfg_keras.inference.expected_outputs`; `std` is zero);
 
-* `<name>-<version>.keras`: the model itself (`model.save`), kept with its version;
-* with `include_compact`: `<name>_compact/<version>/`, the compact MAP model (`sfg_keras.compact`) as a SavedModel
-  whose `serving_default` has the outputs of `map` (same keys), and `<name>_compact-<version>.keras`.
+  `assets.extra/sfg_serving.json` says what a request holds and what every output is;
+* `<name>-<v>.keras`: a `sfg_keras.serving.ServingModel` of the SFG network: raw request in, the outputs of
+  `serving_default` out (`mode="map"` / `"expected"` per call), `.network` the trained `SFGNetwork`;
+* with `include_compact`: `<name>_compact/<v>/`, the compact MAP network as a SavedModel whose `serving_default` has
+  the outputs of `map`, and `<name>_compact-<v>.keras`, its `ServingModel`;
+* `<name>-<v>.json`: what every file of the version takes and returns, and how to load it.
 
-Nothing of an earlier version is ever replaced, and every file and folder is written under a hidden staging name and
-renamed when all of them are written: a failed export names the path and leaves nothing of its version behind.
+Every signature and both `.keras` files are `ServingModel`s: they check the request in the graph (rank, channel
+count, empty, non-finite; `sfg_keras.serving.check_request`), normalise it with the training-set constants of the
+`ServingPreprocessor` (an application's `serving_preprocessor()`), predict, map the outputs back (e.g. crop padding)
+and to physical units. None of them takes a normalised tensor: raw input is what every exported file takes. Without
+a preprocessor, `images` is the network input (`[None, *spatial, channels]`, float32, already normalised).
 
-Raw inputs (`preprocessor`): with a `ServingPreprocessor` (an application's `serving_preprocessor()`), `images` is
-the raw input as a user has it (decoded pixels, MR intensities) and every signature, the compact model's included,
-applies the training-time normalisation inside the graph (its constants are saved with the model) and, where the
-preprocessor says so, maps the outputs back (e.g. crops padding). Without one, `images` is the network input
-(`[None, *spatial, channels]`, float32, already normalised).
+Every file and folder is written under a hidden staging name and renamed when all of them are written: a failed
+export names the path and leaves nothing of its version behind.
 
 Random stream of `serving_default`: by default every call draws the seed-generator states of the SFG layers from a
 non-deterministic op (`RandomUniformInt` with `seed = seed2 = 0`, seeded by the operating system per loaded
@@ -41,12 +47,11 @@ keep TF Serving's server-side request batching off (`--enable_batching=false`, t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -55,10 +60,15 @@ import tensorflow as tf
 
 from sfg_keras.compact import compact_map_model, model_input_shape
 from sfg_keras.groups import PREDICTION_KEYS, prediction_kind
-from sfg_keras.inference import prediction_outputs, single_pass_predictions
 from sfg_keras.models.sfg_network import SFGNetwork
+from sfg_keras.physical_outputs import PhysicalOutput
+from sfg_keras.serving import INPUT_NAME, ServingModel, ServingPreprocessor
 
-INPUT_NAME = "images"
+__all__ = [
+    "DEFAULT_SIGNATURE", "EXPECTED_SIGNATURE", "INPUT_NAME", "MAP_SIGNATURE", "ServingPreprocessor", "export_model",
+    "load_exported", "next_version", "seed_generators", "serving_request_examples", "signature_outputs",
+]
+
 MAP_SIGNATURE = "map"
 EXPECTED_SIGNATURE = "expected"
 DEFAULT_SIGNATURE = "serving_default"
@@ -68,38 +78,10 @@ _SEED_BOUND = 2**31 - 2
 
 # Signature name -> inference mode (`sfg_keras.inference.prediction_outputs`).
 _SIGNATURE_MODES = {DEFAULT_SIGNATURE: "mc", MAP_SIGNATURE: "map", EXPECTED_SIGNATURE: "expected"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingPreprocessor:
-    """What an exported request holds and how the graph turns it into the network input (and the outputs back).
-
-    Attributes:
-        preprocess: graph function `raw images [N, *spatial, channels] -> network input`, built from constants
-            (e.g. the training-set statistics); it may change the spatial size (resizing, padding).
-        input_shape: shape of one raw request element without the batch axis; `None` sizes are free.
-        postprocess: optional graph function `(outputs {name: tensor}, raw images) -> outputs`, e.g. cropping
-            padded outputs back to the request's size. Defaults to None (outputs unchanged).
-        description: what a request holds, in one sentence (shown in logs and docs). Defaults to `""`.
-
-    Example:
-
-    ```python
-    mean, std = tf.constant([120.0, 110.0, 100.0]), tf.constant([60.0, 55.0, 50.0])
-    preprocessor = ServingPreprocessor(lambda images: (images - mean) / std, input_shape=(64, 64, 3),
-                                       description="decoded RGB pixels, 0..255")
-    export_model(model, "export", preprocessor=preprocessor)
-    ```
-    """
-
-    preprocess: Callable[[tf.Tensor], tf.Tensor]
-    input_shape: tuple[int | None, ...]
-    postprocess: Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]] | None = None
-    description: str = ""
-
-
-def _flatten(outputs: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:
-    return {f"{task}_{key}": value for task, values in outputs.items() for key, value in values.items()}
+_CHECKS = (
+    "every signature refuses, with InvalidArgumentError naming the input (input images: ...): a request of another "
+    "rank, another channel count, an empty request (an axis of size 0) and any NaN or infinite value"
+)
 
 
 def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
@@ -154,7 +136,7 @@ def _reseed_non_deterministically(generators: Sequence[keras.random.SeedGenerato
 
 def next_version(export_dir: str | Path, name: str = "sfg") -> int:
     """The first version after every one found under `export_dir` for `name` (SavedModel folders of `<name>` and
-    `<name>_compact`, `.keras` files), or 1.
+    `<name>_compact`, `.keras` files, metadata `.json` files), or 1.
 
     Example:
 
@@ -167,7 +149,7 @@ def next_version(export_dir: str | Path, name: str = "sfg") -> int:
     for folder in (export_dir / name, export_dir / f"{name}_compact"):
         if folder.is_dir():
             versions += [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-    pattern = re.compile(rf"{re.escape(name)}(?:_compact)?-(\d+)\.keras")
+    pattern = re.compile(rf"{re.escape(name)}(?:_compact)?-(\d+)\.(?:keras|json)")
     if export_dir.is_dir():
         versions += [int(m.group(1)) for p in export_dir.iterdir() if (m := pattern.fullmatch(p.name))]
     return max(versions) + 1
@@ -175,7 +157,8 @@ def next_version(export_dir: str | Path, name: str = "sfg") -> int:
 
 def _export_targets(export_dir: Path, name: str, version: int, include_compact: bool) -> dict[str, Path]:
     """The paths a version writes; raises `FileExistsError` when one exists."""
-    targets = {"saved_model": export_dir / name / str(version), "keras": export_dir / f"{name}-{version}.keras"}
+    targets = {"saved_model": export_dir / name / str(version), "keras": export_dir / f"{name}-{version}.keras",
+               "metadata": export_dir / f"{name}-{version}.json"}
     if include_compact:
         targets["compact_saved_model"] = export_dir / f"{name}_compact" / str(version)
         targets["compact_keras"] = export_dir / f"{name}_compact-{version}.keras"
@@ -292,17 +275,68 @@ def _seed_states(generators: Sequence[keras.random.SeedGenerator], seed: int | N
             generator.state.assign(state)
 
 
-def _endpoint(predict: Callable, preprocessor: ServingPreprocessor | None, before: Callable | None = None):
-    """A signature function: raw images -> preprocess -> `predict` (schema dict) -> flatten -> postprocess."""
+def _output_meanings(serving: ServingModel, mode: str) -> dict[str, str]:
+    """`{output name: what it is}` for the export metadata."""
+    passes = {"mc": f"over {serving.num_samples} sampled architectures", "map": "of the MAP network",
+              "expected": "of the expected network"}[mode]
+    meanings = {}
+    for task in serving.tasks:
+        if task.is_categorical:
+            where = "per pixel" if task.type == "segmentation" else "per element"
+            meanings[f"{task.name}_probabilities"] = (
+                f"class probabilities {where} ({task.units} classes), mean {passes}")
+            meanings[f"{task.name}_label"] = "label (int32): " + (
+                "majority vote of the sampled labels" if mode == "mc" else "argmax of the probabilities")
+            meanings[f"{task.name}_entropy"] = "predictive entropy of the probabilities (nats)"
+            continue
+        output = serving.physical_outputs.get(task.name)
+        unit = output.describe() if output is not None else f"{task.name} in the network's unit (unbounded)"
+        meanings[f"{task.name}_mean"] = f"value {passes}: {unit}"
+        meanings[f"{task.name}_std"] = (
+            f"standard deviation {passes} in the same unit" if mode == "mc" else "zero (deterministic)")
+    return meanings
 
+
+def _serving_metadata(servings: Mapping[str, ServingModel], num_samples: int, seed: int | None) -> dict:
+    """The `sfg_serving.json` of a SavedModel whose signatures are `servings`."""
+    first = next(iter(servings.values()))
+    return {
+        "input": INPUT_NAME,
+        "input_shape": [None, *first.request_shape],
+        "input_dtype": "float32",
+        "request": first.describe_request(),
+        "checks": _CHECKS,
+        "num_samples": num_samples,
+        "seed": seed,
+        "physical_outputs": {task: output.get_config() for task, output in first.physical_outputs.items()},
+        "signatures": {
+            signature: {
+                "mode": serving.mode,
+                "network": "sfg" if isinstance(serving.network, SFGNetwork) else "compact MAP network",
+                "outputs": _output_meanings(serving, serving.mode),
+            }
+            for signature, serving in servings.items()
+        },
+    }
+
+
+def _archive(servings: Mapping[str, ServingModel], before: Mapping[str, Callable]) -> keras.export.ExportArchive:
+    """An `ExportArchive` with one endpoint per `servings` entry (taking `images` of any shape: the graph checks
+    it); `before[signature]` runs first (the Monte-Carlo reseeding)."""
+    archive = keras.export.ExportArchive()
+    for serving in {id(s): s for s in servings.values()}.values():
+        archive.track(serving)
+    spec = tf.TensorSpec(None, tf.float32, name=INPUT_NAME)
+    for signature, serving in servings.items():
+        archive.add_endpoint(signature, _endpoint(serving, before.get(signature)), input_signature=[spec])
+    return archive
+
+
+def _endpoint(serving: ServingModel, before: Callable | None) -> Callable:
     def endpoint(images):
         if before is not None:
             before()
-        inputs = images if preprocessor is None else preprocessor.preprocess(images)
-        outputs = _flatten(predict(inputs))
-        if preprocessor is not None and preprocessor.postprocess is not None:
-            outputs = preprocessor.postprocess(outputs, images)
-        return outputs
+        return serving(images)
 
     return endpoint
 
@@ -316,19 +350,52 @@ def _archive_writer(archive: keras.export.ExportArchive, metadata: dict) -> Call
     return write
 
 
-def _compact_archive(
-    model: SFGNetwork, input_shape, preprocessor: ServingPreprocessor | None, spec: tf.TensorSpec
-) -> tuple[keras.Model, keras.export.ExportArchive]:
-    """The compact MAP model and its archive, whose `serving_default` has the outputs of `map`."""
-    compact = compact_map_model(model, input_shape)
+def _version_metadata(targets: dict[str, Path], full: ServingModel, compact: ServingModel | None) -> dict:
+    """`<name>-<version>.json`: every file of the version, what it takes and returns, and how to load it."""
+    request = full.describe_request()
+    files = {
+        f"{targets['saved_model'].parent.name}/{targets['saved_model'].name}/": {
+            "what": "SavedModel for TensorFlow Serving (no sfg_keras needed)",
+            "takes": request,
+            "returns": "signatures serving_default (Monte-Carlo), map (compact MAP network), expected; outputs and "
+                       "units in assets.extra/sfg_serving.json",
+            "load": "tf.saved_model.load(path).signatures['map'](images=...)",
+        },
+        targets["keras"].name: {
+            "what": "sfg_keras.serving.ServingModel of the SFG network (.network is the trained SFGNetwork)",
+            "takes": request,
+            "returns": f"the outputs of serving_default ({full.num_samples} Monte-Carlo samples); "
+                       "model(images, mode='map' or 'expected') for the others",
+            "load": "import sfg_keras; keras.saving.load_model(path)  (or sfg_keras.export.load_exported(path))",
+        },
+    }
+    if compact is not None:
+        files[f"{targets['compact_saved_model'].parent.name}/{targets['compact_saved_model'].name}/"] = {
+            "what": "SavedModel of the compact MAP network (ordinary Keras layers, no sampling)",
+            "takes": request,
+            "returns": "serving_default: the outputs of the map signature",
+            "load": "tf.saved_model.load(path).signatures['serving_default'](images=...)",
+        }
+        files[targets["compact_keras"].name] = {
+            "what": "sfg_keras.serving.ServingModel of the compact MAP network",
+            "takes": request,
+            "returns": "the outputs of the map signature",
+            "load": "import sfg_keras; keras.saving.load_model(path)  (or sfg_keras.export.load_exported(path))",
+        }
+    return {
+        "request": request,
+        "checks": _CHECKS,
+        "outputs": _output_meanings(full, "mc"),
+        "physical_outputs": {task: output.get_config() for task, output in full.physical_outputs.items()},
+        "files": files,
+    }
 
-    def predict(inputs):
-        return single_pass_predictions(model.tasks, compact(inputs, training=False))
 
-    archive = keras.export.ExportArchive()
-    archive.track(compact)
-    archive.add_endpoint(DEFAULT_SIGNATURE, _endpoint(predict, preprocessor), input_signature=[spec])
-    return compact, archive
+def _json_writer(content: dict) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+    return write
 
 
 def export_model(
@@ -341,27 +408,34 @@ def export_model(
     include_compact: bool = True,
     preprocessor: ServingPreprocessor | None = None,
     seed: int | None = None,
+    physical_outputs: Mapping[str, PhysicalOutput] | Sequence[PhysicalOutput] | None = None,
 ) -> dict[str, Path]:
     """Exports an SFG network as versioned SavedModels for TensorFlow Serving, plus versioned `.keras` files.
 
     Args:
         model: a built `SFGNetwork`.
-        export_dir: folder that receives `<name>/<version>/`, `<name>-<version>.keras` and, with
-            `include_compact`, `<name>_compact/<version>/` and `<name>_compact-<version>.keras`.
+        export_dir: folder that receives `<name>/<version>/`, `<name>-<version>.keras`, `<name>-<version>.json` and,
+            with `include_compact`, `<name>_compact/<version>/` and `<name>_compact-<version>.keras`.
         name: str. Model name (the TF Serving `MODEL_NAME`). Defaults to `"sfg"`.
         version: int. Version (>= 1); `next_version(export_dir, name)` gives the next free one. Defaults to 1.
         num_samples: int. Monte-Carlo samples of `serving_default`, fixed at export. Defaults to 50.
         input_shape: `(batch, *spatial, channels)` of the network input, spatial sizes known or None. Defaults to
             the shape `model` was built with.
-        include_compact: bool. Also export the compact MAP model. Defaults to True.
+        include_compact: bool. Also export the compact MAP model as its own SavedModel and `.keras` file. Defaults
+            to True. (The `map` signature uses the compact network either way; a model the compact translation
+            does not support falls back to the SFG network's MAP pass when `include_compact` is False.)
         preprocessor: `ServingPreprocessor` or None. Normalisation (and output mapping) of raw requests applied
-            inside every signature; its `input_shape` is the shape of `images`. Defaults to None (`images` is the
-            network input).
+            inside every signature and `.keras` file; its `request_shape` is the shape of `images`. Defaults to
+            None (`images` is the network input).
         seed: int or None. Fixes the Monte-Carlo stream of `serving_default`: every load replays the same sequence.
             Defaults to None (a fresh stream per load).
+        physical_outputs: `PhysicalOutput`s of regression tasks (an application's `physical_outputs()`): the unit
+            and range of `<task>_mean` / `<task>_std` in every signature and file. Defaults to none (network units,
+            unbounded).
 
     Returns:
-        `{"saved_model", "keras"}` paths, plus `{"compact_saved_model", "compact_keras"}` with `include_compact`.
+        `{"saved_model", "keras", "metadata"}` paths, plus `{"compact_saved_model", "compact_keras"}` with
+        `include_compact`.
 
     Raises:
         FileExistsError: if a path of the version already exists (nothing is written then).
@@ -372,41 +446,92 @@ def export_model(
     Example:
 
     ```python
-    paths = export_model(model, "model_dir/export", name="age_gender", version=3, num_samples=50,
-                         preprocessor=app.serving_preprocessor())
-    # docker run -p 8501:8501 -v $PWD/model_dir/export/age_gender:/models/age_gender \\
-    #     -e MODEL_NAME=age_gender tensorflow/serving
+    paths = export_model(model, "model_dir/export", name="sfg", version=3, num_samples=20,
+                         preprocessor=app.serving_preprocessor(), physical_outputs=app.physical_outputs())
+    # docker run -p 8501:8501 -v $PWD/model_dir/export/sfg:/models/sfg -e MODEL_NAME=sfg tensorflow/serving
     ```
     """
     targets, input_shape = _check_export_arguments(
         model, export_dir, name, version, num_samples, input_shape, include_compact, seed
     )
-    request_shape = input_shape if preprocessor is None else (None, *preprocessor.input_shape)
-    spec = tf.TensorSpec(request_shape, tf.float32, name=INPUT_NAME)
-    generators = seed_generators(model)
-    reseed = None if seed is not None else (lambda: _reseed_non_deterministically(generators))
-    metadata = {
-        "input": INPUT_NAME, "input_shape": list(request_shape), "num_samples": num_samples, "seed": seed,
-        "request": preprocessor.description if preprocessor is not None else "normalised network input",
-    }
-
-    def predictor(mode: str):
-        return lambda inputs: prediction_outputs(model, inputs, mode=mode, num_samples=num_samples)
-
+    if preprocessor is not None and not isinstance(preprocessor, ServingPreprocessor):
+        raise ValueError(
+            "`preprocessor` must be a sfg_keras.serving.ServingPreprocessor layer (serialisable, so that the .keras "
+            f"files carry it) or None. Received: {type(preprocessor).__name__}"
+        )
+    request_shape = input_shape[1:] if preprocessor is None else preprocessor.request_shape
+    common = {"preprocessor": preprocessor, "physical_outputs": physical_outputs, "request_shape": request_shape,
+              "num_samples": num_samples}
     # Everything is translated and traced before the first file is written.
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for signature_name, mode in _SIGNATURE_MODES.items():
-        endpoint = _endpoint(predictor(mode), preprocessor, before=reseed if mode == "mc" else None)
-        archive.add_endpoint(signature_name, endpoint, input_signature=[spec])
-    writers = {targets["saved_model"]: _archive_writer(archive, metadata), targets["keras"]: model.save}
+    full = ServingModel(model, mode="mc", name=f"{name}_serving", **common)
+    expected = ServingModel(model, mode="expected", name=f"{name}_serving_expected", **common)
+    try:
+        compact_network = compact_map_model(model, input_shape)
+    except ValueError:
+        if include_compact:
+            raise
+        compact_network = None
+    compact = None if compact_network is None else ServingModel(
+        compact_network, tasks=model.tasks, mode="map", name=f"{name}_compact_serving", **common)
+    mapped = compact if compact is not None else ServingModel(model, mode="map", name=f"{name}_serving_map", **common)
+    generators = seed_generators(model)
+    reseed = {} if seed is not None else {DEFAULT_SIGNATURE: lambda: _reseed_non_deterministically(generators)}
+    servings = {DEFAULT_SIGNATURE: full, MAP_SIGNATURE: mapped, EXPECTED_SIGNATURE: expected}
+    writers = {
+        targets["saved_model"]: _archive_writer(_archive(servings, reseed),
+                                                _serving_metadata(servings, num_samples, seed)),
+        targets["keras"]: full.save,
+        targets["metadata"]: _json_writer(_version_metadata(targets, full, compact if include_compact else None)),
+    }
     if include_compact:
-        compact, compact_archive = _compact_archive(model, input_shape, preprocessor, spec)
-        writers[targets["compact_saved_model"]] = _archive_writer(compact_archive, {**metadata, "num_samples": 1})
+        compact_servings = {DEFAULT_SIGNATURE: compact}
+        writers[targets["compact_saved_model"]] = _archive_writer(
+            _archive(compact_servings, {}), _serving_metadata(compact_servings, 1, None))
         writers[targets["compact_keras"]] = compact.save
     with _seed_states(generators, seed):
         _publish(writers)
     return targets
+
+
+def load_exported(path: str | Path) -> ServingModel:
+    """Loads an exported `.keras` file (`<name>-<version>.keras` or `<name>_compact-<version>.keras`) as the
+    `ServingModel` it holds: raw request in, checked and normalised in the graph, outputs in physical units out.
+
+    Args:
+        path: the `.keras` file written by `export_model` / `sfg_run export`.
+
+    Returns:
+        The `ServingModel`; call it on a raw request (`model(images)`, `model.predict(images, batch_size=len(images))`).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a `.keras` file, or holds something else than a `ServingModel` (e.g. a training
+            checkpoint `models/model-<iter>.keras`, whose network takes normalised input).
+
+    Example:
+
+    ```python
+    served = load_exported("model_dir/export/sfg_compact-1.keras")
+    served(np.moveaxis(mr_volume, 2, 0)[..., None])["ct_mean"]   # HU, bounded
+    ```
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: expected a .keras file written by sfg_run export.")
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: expected a .keras file written by sfg_run export (a SavedModel folder loads with "
+                         "tf.saved_model.load).")
+    import sfg_keras._registration as registration
+
+    registration.register_all()
+    loaded = keras.saving.load_model(path)
+    if not isinstance(loaded, ServingModel):
+        raise ValueError(
+            f"{path} holds a {type(loaded).__name__}, not an exported sfg_keras.serving.ServingModel: its network "
+            "takes normalised, padded input and returns raw head outputs (a training checkpoint). Export it with "
+            "`sfg_run export` and load the exported <name>-<version>.keras, which takes the raw input."
+        )
+    return loaded
 
 
 def serving_request_examples(

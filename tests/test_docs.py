@@ -25,7 +25,7 @@ def test_config_reference_is_generated_from_the_schema():
 
 def test_readme_documents_every_action_and_section():
     readme = (ROOT / "README.md").read_text()
-    for action in ("train", "inference", "evaluation", "export", "analyse", "generate-data", "demo"):
+    for action in ("train", "inference", "evaluation", "export", "analyse", "report", "generate-data", "demo"):
         assert f"`{action}`" in readme, action
     for section in ("[SYSTEM]", "[NETWORK]", "[TRAINING]", "[INFERENCE]", "[EVALUATION]", "[MULTITASK]", "[SFG]"):
         assert section in readme, section

@@ -66,7 +66,7 @@ def two_task_run(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("logs_two_tasks")
     model = _model(TWO_TASKS)
     x, y = _data(TWO_TASKS)
-    logger = GroupingLogger(log_dir, every_n_steps=2, image_every_n_steps=100)
+    logger = GroupingLogger(log_dir, every_n_steps=2)  # images at the default cadence: every 2 steps
     validation = (x[:8], {k: v[:8] for k, v in y.items()})
     model.fit(x, y, batch_size=4, epochs=2, validation_data=validation, callbacks=[logger], verbose=0)
     return {
@@ -112,11 +112,11 @@ def test_logger_writes_scalars_histograms_and_logs(two_task_run):
     assert float(temperature) == pytest.approx(two_task_run["temperature"])
 
 
-def test_logger_ternary_images_at_train_end(two_task_run):
+def test_logger_ternary_images_at_step_0_and_every_n_steps(two_task_run):
     accumulator = _events(two_task_run["log_dir"])
     for layer in ("sfg_conv_1", "sfg_conv_2"):
         events = _assert_png_images(accumulator, f"ternary/{layer}")
-        assert [event.step for event in events] == [8]
+        assert [event.step for event in events] == [0, 2, 4, 6, 8]  # the initial state, then every_n_steps
     assert not [tag for tag in accumulator.Tags()["tensors"] if tag.startswith("group_shares/")]
 
 
@@ -160,7 +160,7 @@ def test_logger_three_tasks_writes_group_share_images(tmp_path):
     tags = set(accumulator.Tags()["tensors"])
     for layer in ("sfg_conv_1", "sfg_conv_2"):
         events = _assert_png_images(accumulator, f"group_shares/{layer}")
-        assert [event.step for event in events] == [2]
+        assert [event.step for event in events] == [0, 2]  # the start, then every image_every_n_steps
         per_group = [_values(accumulator, f"group_share/{layer}/{g}") for g in ("age", "gender", "smile", "shared")]
         assert sorted(per_group[0]) == [0, 1, 2]
         for step in per_group[0]:

@@ -437,9 +437,12 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
         np.testing.assert_allclose(volumes["ct_std"], 25.0, rtol=1e-5)
     with open(output / "inferred.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    mr_file = str(item.context.reference.path)
+    assert mr_file.endswith(f"{subject}_mr.nii.gz")  # the MR of each subject, for the report's slices
     # File names relative to the table (a copied or moved output folder reads its own files), and provenance.
-    assert rows == [{"subject": subject, **{key: path.name for key, path in names.items()}, "phase": "Inference",
-                     "trained_on": "no", "input_sha256": _digest(cohort / "MR" / f"{subject}_mr.nii.gz")}]
+    assert rows == [{"subject": subject, "image": mr_file, **{key: path.name for key, path in names.items()},
+                     "phase": "Inference", "trained_on": "no",
+                     "input_sha256": _digest(cohort / "MR" / f"{subject}_mr.nii.gz")}]
 
 
 def test_write_outputs_names_a_missing_prediction(prepared, tmp_path, cohort):

@@ -164,10 +164,13 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     folder, _ = trained_run
     shutil.copytree(folder / "model", tmp_path / "model", ignore=shutil.ignore_patterns("export", "output*"))
     config = str(write_config(tmp_path, cohort))
+    # A CT range narrower than the predictions, so that both sfg_run inference and the exports must clip.
+    low, high = -400.0, 200.0
+    bounds = f"--output_bounds=ct:{low:g}:{high:g}"
     for mode in ("map", "expected", "mc"):  # one batch per volume (16 slices), as one request is
         sfg_run("inference", "-c", config, f"--inference_mode={mode}", "--INFERENCE.batch_size=64",
-                f"--save_seg_dir=out_{mode}")
-    sfg_run("export", "-c", config)
+                f"--save_seg_dir=out_{mode}", bounds)
+    sfg_run("export", "-c", config, bounds)
     saved = tmp_path / "model" / "export"
     inferred = {mode: _inferred_rows(tmp_path / "model" / f"out_{mode}") for mode in ("map", "expected", "mc")}
     subject = sorted(inferred["map"])[0]
@@ -181,7 +184,8 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
                             ("map", "compact/0/serving_default/0")):
         row = inferred[mode][subject]
         ct = load_nifti(row["ct"]).data
-        np.testing.assert_allclose((_volume(served[f"{signature}/ct_mean"]) - 1.0) * 1024.0, ct, atol=0.05)
+        assert ct.min() >= low and ct.max() <= high and np.mean(ct == low) > 0.01, (mode, ct.min(), ct.max())
+        np.testing.assert_allclose(_volume(served[f"{signature}/ct_mean"]), ct, atol=0.05)  # HU, bounded alike
         labels = load_nifti(row["organs"]).data
         assert np.mean(_volume(served[f"{signature}/organs_label"]) == labels) > 0.999, signature
         entropy = load_nifti(row["organs_entropy"]).data
@@ -189,8 +193,9 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     # Monte-Carlo: another stream, agreeing within the Monte-Carlo error of num_samples = 3.
     row = inferred["mc"][subject]
     ct, ct_std = load_nifti(row["ct"]).data, load_nifti(row["ct_std"]).data
-    served_ct = (_volume(served["full/0/serving_default/0/ct_mean"]) - 1.0) * 1024.0
-    served_std = _volume(served["full/0/serving_default/0/ct_std"]) * 1024.0
+    served_ct = _volume(served["full/0/serving_default/0/ct_mean"])  # HU
+    served_std = _volume(served["full/0/serving_default/0/ct_std"])
+    assert low <= ct.min() and ct.max() <= high and low <= served_ct.min() and served_ct.max() <= high
     assert served_ct.shape == ct.shape == mr.shape
     error = np.sqrt(2.0 / 3.0) * 0.5 * (ct_std + served_std)  # sd of the difference of two 3-sample means
     assert np.mean(np.abs(served_ct - ct)) <= 1.5 * np.mean(error) + 1.0
@@ -265,15 +270,15 @@ def test_age_gender_saved_model_takes_raw_pixels_and_reproduces_inference(tmp_pa
                             ("map", "compact/0/serving_default/0")):
         rows = [inferred[mode][s] for s in subjects]
         age = [float(row["age_mean"]) for row in rows]
-        np.testing.assert_allclose(served[f"{signature}/age_mean"][:, 0] * 100.0, age, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(served[f"{signature}/age_mean"][:, 0], age, rtol=1e-4, atol=1e-3)  # years
         for c in range(2):
             probability = [float(row[f"gender_prob_{c}"]) for row in rows]
             np.testing.assert_allclose(served[f"{signature}/gender_probabilities"][:, c], probability, atol=1e-5)
         assert [int(row["gender_mode"]) for row in rows] == served[f"{signature}/gender_label"].tolist()
     rows = [inferred["mc"][s] for s in subjects]
     age, age_std = (np.array([float(row[f"age_{key}"]) for row in rows]) for key in ("mean", "std"))
-    served_age = served["full/0/serving_default/0/age_mean"][:, 0] * 100.0
-    served_std = served["full/0/serving_default/0/age_std"][:, 0] * 100.0
+    served_age = served["full/0/serving_default/0/age_mean"][:, 0]  # years
+    served_std = served["full/0/serving_default/0/age_std"][:, 0]
     error = np.sqrt(2.0 / 20.0) * np.maximum(age_std, served_std)  # sd of the difference of two 20-sample means
     assert np.all(np.abs(served_age - age) <= 5.0 * error + 1e-3), (served_age, age, error)
 
@@ -295,7 +300,7 @@ def test_age_gender_preprocessor_matches_decode_and_standardise(tmp_path, whiten
     AgeGenderApplication(settings).prepare(fit=True)  # writes run/image_statistics.json
     app = AgeGenderApplication(settings)  # a fresh application: the hook reads the saved statistics itself
     preprocessor = app.serving_preprocessor()
-    assert preprocessor.input_shape == (None, None, 3)
+    assert preprocessor.request_shape == (None, None, 3)
     paths = sorted(str(p) for p in (tmp_path / "faces").iterdir())[:4]
     pixels = tf.stack([tf.io.decode_image(tf.io.read_file(p), channels=3) for p in paths])  # uint8 [4, 32, 32, 3]
     served = preprocessor.preprocess(tf.cast(pixels, tf.float32)).numpy()

@@ -618,6 +618,15 @@ INFERENCE_SCHEMA = section_schema(
             minimum=0,
             special_values=(-1,),
         ),
+        K(
+            "output_bounds",
+            "str_list",
+            (),
+            "Range of regression outputs in their physical unit, applied by inference and every export: entries "
+            "task:low:high (an empty end is open) or task:none (no bound); tasks not listed keep the application's "
+            "default.",
+            default_text="the application's (mr_ct: every regression task -1024:3071 HU; age_gender: none)",
+        ),
     ],
     "INFERENCE",
 )

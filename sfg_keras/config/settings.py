@@ -16,7 +16,7 @@ from sfg_keras.config.errors import closest_match
 from sfg_keras.config.parser import ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_FILE, ORIGIN_RECIPE
 from sfg_keras.config.schema import FIXED_SECTION_SCHEMAS, KeySpec
 
-ACTIONS = ("train", "inference", "evaluation", "export", "analyse")
+ACTIONS = ("train", "inference", "evaluation", "export", "analyse", "report")
 ORIGIN_CODE = "code"
 ORIGINS = (ORIGIN_FILE, ORIGIN_COMMAND_LINE, ORIGIN_DEFAULT, ORIGIN_RECIPE, ORIGIN_CODE)
 
@@ -258,6 +258,7 @@ class InferenceSettings(SectionSettings):
     border: tuple[int, ...]
     batch_size: int
     export_seed: int
+    output_bounds: tuple[str, ...]
 
 
 class EvaluationSettings(SectionSettings):

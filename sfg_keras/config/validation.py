@@ -24,6 +24,7 @@ from sfg_keras.config.schema import (
     KeySpec,
 )
 from sfg_keras.groups import SHARED, default_p0
+from sfg_keras.physical_outputs import parse_output_bounds
 from sfg_keras.recipes import recipe_values
 
 SPECIAL_LABEL_SOURCES = ("filename", "csv:<column>")
@@ -221,6 +222,14 @@ def _validate_sources(multitask: SectionValues, tasks: list[str], inputs: dict[s
     multitask.values["labels"] = tuple(labels)
 
 
+def _validate_output_bounds(inference: SectionValues, multitask: SectionValues, tasks: list[str]) -> None:
+    regression = [task for task, kind in zip(tasks, multitask.values["task_types"]) if kind == "regression"]
+    try:
+        parse_output_bounds(inference.values["output_bounds"], regression)
+    except ValueError as error:
+        raise inference.error("output_bounds", str(error)) from None
+
+
 def _validate_multitask(multitask: SectionValues, inputs: dict[str, SectionValues]) -> list[str]:
     tasks = _validate_tasks(multitask)
     _validate_list_lengths(multitask, tasks)
@@ -341,4 +350,5 @@ def validate_sections(fixed: dict[str, SectionValues], inputs: dict[str, Section
     for section in inputs.values():
         _validate_input(section)
     tasks = _validate_multitask(fixed["MULTITASK"], inputs)
+    _validate_output_bounds(inference, fixed["MULTITASK"], tasks)
     _validate_sfg(fixed["SFG"], tasks)

@@ -16,7 +16,8 @@ The driver calls the hooks in this order:
    mode and hands the predictions (the schema of `sfg_keras.inference.predict`) to `write_outputs`; then
    `finish_inference(written)`.
 5. Evaluation: `evaluate()`.
-6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside the SavedModel).
+6. Export: `export_input_shape()`, `serving_preprocessor()` (the raw-input normalisation inside every exported
+   model), `physical_outputs()` (units and range of regression outputs; also applied by inference).
 
 Provenance (`sfg_keras.engine.provenance`): `subject_files(subjects)` lists each subject's input files; the engine
 records the split and the training subjects' fingerprints in `model_dir/run_record.json` when training starts.
@@ -57,9 +58,10 @@ from sfg_keras.config import ConfigError, Settings, TaskSpec
 from sfg_keras.engine import provenance
 from sfg_keras.engine.provenance import ChosenSubject, RunRecord, TrainedSubjectError
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache, bullet_list, cached_sha256
+from sfg_keras.physical_outputs import PhysicalOutput, parse_output_bounds
 
 if TYPE_CHECKING:
-    from sfg_keras.export import ServingPreprocessor
+    from sfg_keras.serving import ServingPreprocessor
 
 #: `[INFERENCE] dataset_to_infer` choice -> phase of the split ("" = the Inference split; `all` = every subject).
 PHASE_OF_DATASET = {"": "Inference", "inference": "Inference", "training": "Training", "validation": "Validation"}
@@ -390,23 +392,24 @@ class BaseApplication:
         return self.input_shape()
 
     def serving_preprocessor(self) -> ServingPreprocessor | None:
-        """How an exported SavedModel turns a raw request into the network input, or None (requests are already
+        """How an exported model turns a raw request into the network input, or None (requests are already
         normalised network inputs).
 
         Build it from the normalisation saved at training time (read the files here: `prepare` is not called by
-        export) as graph ops with constants, so that every exported signature reproduces the application's own
-        input pipeline: a request then holds the input as a user has it (decoded pixels, MR intensities).
+        export) as a serialisable `sfg_keras.serving.ServingPreprocessor` layer holding its constants in its config
+        (`VolumePreprocessor`, `ImagePreprocessor`, or your own subclass), so that every exported signature and
+        `.keras` file reproduces the application's own input pipeline: a request then holds the input as a user
+        has it (decoded pixels, MR intensities).
 
         Returns:
-            A `sfg_keras.export.ServingPreprocessor`, or None.
+            A `sfg_keras.serving.ServingPreprocessor`, or None.
 
         Example:
 
         ```python
         def serving_preprocessor(self):
-            mean, std = self.load_statistics()
-            return ServingPreprocessor(lambda images: (images - mean) / std, input_shape=(64, 64, 1),
-                                       description="grey pixels 0..255, [N, 64, 64, 1]")
+            statistics = json.loads((self.model_dir / "image_statistics.json").read_text())
+            return ImagePreprocessor((64, 64), mean=statistics["mean"], std=statistics["std"])
         ```
         """
         return None
@@ -426,6 +429,47 @@ class BaseApplication:
     def regression_scale(self, task: TaskSpec) -> float:
         """Factor from the network's regression target to the reported unit (e.g. 100 for age / 100)."""
         return 1.0
+
+    def regression_offset(self, task: TaskSpec) -> float:
+        """Offset of the reported unit: `value = regression_scale(task) * y + regression_offset(task)` (e.g. -1024
+        for CT in HU from the target `HU / 1024 + 1`)."""
+        return 0.0
+
+    def regression_unit(self, task: TaskSpec) -> str:
+        """Name of the reported unit of a regression task (e.g. `"HU"`), `""` when it has none."""
+        return ""
+
+    def default_output_bounds(self, task: TaskSpec) -> tuple[float | None, float | None] | None:
+        """The physical range a regression task's outputs are bounded to unless `[INFERENCE] output_bounds` says
+        otherwise (e.g. -1024..3071 HU for CT), or None."""
+        return None
+
+    def physical_outputs(self) -> dict[str, PhysicalOutput]:
+        """Per regression task its `PhysicalOutput`: unit mapping (`regression_scale`, `regression_offset`,
+        `regression_unit`) and range (`[INFERENCE] output_bounds`, else `default_output_bounds`). `sfg_run
+        inference` and every exported signature and `.keras` file bound the outputs with it.
+
+        Example:
+
+        ```python
+        app.physical_outputs()["ct"].describe()   # "ct in HU = 1024 * y - 1024, bounded to [-1024, 3071]"
+        ```
+        """
+        regression = [task for task in self.tasks if task.type == "regression"]
+        try:
+            configured = parse_output_bounds(self.settings.inference.output_bounds, [t.name for t in regression])
+        except ValueError as error:
+            raise self.config_error("INFERENCE", "output_bounds", self.settings.inference.output_bounds,
+                                    str(error)) from None
+        outputs = {}
+        for task in regression:
+            bounds = configured[task.name] if task.name in configured else self.default_output_bounds(task)
+            low, high = bounds if bounds is not None else (None, None)
+            outputs[task.name] = PhysicalOutput(
+                task.name, scale=self.regression_scale(task), offset=self.regression_offset(task),
+                unit=self.regression_unit(task), minimum=low, maximum=high,
+            )
+        return outputs
 
     def describe_batch(self, batch: int) -> str:
         """What training batch `batch` (0-based, as in `training_dataset`) holds, e.g. its files, for messages about
@@ -463,6 +507,11 @@ class BaseApplication:
     def evaluate(self) -> list[Path]:
         """Compares written outputs with references; returns the CSV files written."""
         raise ConfigError(f"{type(self).__name__} does not define evaluate().")
+
+    def report_figures(self) -> list:
+        """Application sections of the HTML report (`sfg_run report`): `[(heading, [(caption, figure), ...])]`
+        with matplotlib figures (or PNG bytes), e.g. views of the inferred outputs. Defaults to none."""
+        return []
 
     # === Paths ===
 

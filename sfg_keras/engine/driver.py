@@ -50,12 +50,14 @@ from sfg_keras.layers import BatchStatisticsNormalization
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, NetworkOptions, SFGNetwork, TaskHead, build_network
+from sfg_keras.physical_outputs import bound_predictions
 from sfg_keras.training.checkpoints import (
     CORRUPT_DIR,
     CheckpointLineage,
     PeriodicCheckpoint,
     check_branch_name,
     checkpoint_step,
+    find_checkpoint,
     list_checkpoints,
     select_checkpoint,
 )
@@ -152,6 +154,8 @@ class Driver:
 
     Args:
         application: the application instance (its `settings` decide everything).
+        progress: what the training progress bar shows: `"tasks"` (task losses and metrics, `loss`, `temperature`)
+            or `"all"` (also the internal terms; `sfg_run train --progress=all`). Defaults to `"tasks"`.
 
     Example:
 
@@ -162,8 +166,9 @@ class Driver:
     ```
     """
 
-    def __init__(self, application: BaseApplication):
+    def __init__(self, application: BaseApplication, progress: str = "tasks"):
         self.application = application
+        self.progress = progress
         self.settings = application.settings
         self.tasks = application.tasks
         self.model_dir = Path(self.settings.system.model_dir)
@@ -180,9 +185,10 @@ class Driver:
         return self.model_dir / "logs"
 
     def run(self, action: str):
-        """Runs `action` (`train`, `inference`, `evaluation`, `export` or `analyse`) and returns its result."""
+        """Runs `action` (`train`, `inference`, `evaluation`, `export`, `analyse` or `report`) and returns its
+        result."""
         actions = {"train": self.train, "inference": self.inference, "evaluation": self.evaluation,
-                   "export": self.export, "analyse": self.analyse}
+                   "export": self.export, "analyse": self.analyse, "report": self.report}
         if action not in actions:
             raise ValueError(f"`action` must be one of {sorted(actions)}. Received: action={action!r}")
         return actions[action]()
@@ -579,6 +585,7 @@ class Driver:
                 validation_every_n=int(training.validation_every_n) if validation is not None else 0,
                 validation_steps=int(training.validation_max_iter),
                 verbose=2 if os.environ.get("SFG_QUIET") == "1" else 1,
+                progress=self.progress,
             ),
         ]
         if summaries > 0:
@@ -634,6 +641,10 @@ class Driver:
         write_settings(self.settings)
         print(f"Inference with the checkpoint of iteration {iteration} "
               f"({inference.inference_mode}, num_samples = {inference.num_samples}).")
+        outputs = self.application.physical_outputs()
+        for output in outputs.values():
+            if output.bounded:
+                print(f"Output bound: {output.describe()} ([INFERENCE] output_bounds)")
         written: list[Path] = []
         for item in self.application.inference_inputs():
             predictions = predict(
@@ -644,7 +655,8 @@ class Driver:
                 batch_size=int(item.batch_size or inference.batch_size),
                 samples_per_pass=item.samples_per_pass,
             )
-            files = self.application.write_outputs(item, predictions)
+            # Regression means clipped to their physical range, as every exported signature does.
+            files = self.application.write_outputs(item, bound_predictions(predictions, outputs))
             print(f"{item.key}: wrote {len(files)} files", flush=True)
             written.extend(files)
         written.extend(self.application.finish_inference(written))
@@ -703,8 +715,9 @@ class Driver:
 
     def export(self) -> dict:
         """Exports the inference checkpoint as the next version under `model_dir/export/`: SavedModels (MC, MAP and
-        expected signatures; the compact MAP model) that take the application's raw input and normalise it inside
-        the graph (`BaseApplication.serving_preprocessor`), and the versioned `.keras` files. `[INFERENCE]
+        expected signatures; the compact MAP model) and `.keras` serving models that take the application's raw
+        input, check and normalise it inside the graph (`BaseApplication.serving_preprocessor`) and return
+        regression outputs in physical units and range (`BaseApplication.physical_outputs`). `[INFERENCE]
         export_seed` fixes the Monte-Carlo stream (-1: a fresh stream per load)."""
         from sfg_keras.export import export_model, next_version
 
@@ -726,6 +739,7 @@ class Driver:
             input_shape=(None, *self.application.export_input_shape()),
             preprocessor=preprocessor,
             seed=None if seed < 0 else seed,
+            physical_outputs=self.application.physical_outputs(),
         )
         request = preprocessor.description if preprocessor is not None else "normalised network inputs"
         print(f"Exported iteration {iteration} as version {version} to {export_dir}; a request holds {request}")
@@ -746,3 +760,24 @@ class Driver:
         print(f"Analysed iteration {iteration}: {len(written)} files in {self.model_dir / 'analysis'}")
         return written
 
+    def report(self) -> Path:
+        """Writes `model_dir/report.html`: one self-contained page (images embedded, no JavaScript) with the run
+        settings, training and validation curves, the evaluation tables, the learned grouping and the
+        application's figures (`BaseApplication.report_figures`). Runs `analyse` first when `model_dir/analysis`
+        has no group-share figure."""
+        from sfg_keras.analysis.html_report import write_html_report
+
+        if not (self.model_dir / "analysis" / "group_shares.png").is_file():
+            if find_checkpoint(self.checkpoint_dir, -1) is None:
+                raise FileNotFoundError(f"No checkpoint in {self.checkpoint_dir}: train first (sfg_run train -c "
+                                        f"{self.settings.config_path}).")
+            self.analyse()
+        write_settings(self.settings)
+        path = write_html_report(
+            self.model_dir,
+            title=f"sfg-keras {self.application.name}: {self.model_dir.name}",
+            evaluation_dir=self.application.evaluation_dir,
+            extra_figures=self.application.report_figures(),
+        )
+        print(f"Report: {path}")
+        return path

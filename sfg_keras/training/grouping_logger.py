@@ -47,9 +47,11 @@ class GroupingLogger(keras.callbacks.Callback):
     * per SFG layer: `group_share/<layer>/<group>` (share of kernels in each group, paper Fig. 6; the shares of a
       layer sum to 1), `entropy/<layer>` (mean kernel entropy of `p`, nats), `temperature/<layer>` and the
       histograms `p/<layer>/<group>` of the kernels' probabilities;
-    * every `image_every_n_steps` and at the end of training, one image per layer: for two tasks the ternary
-      density of the kernels' `p` (`ternary/<layer>`, supplementary Fig. 2), otherwise every kernel's `p` as an
-      image (`group_shares/<layer>`).
+    * at the start of training (step 0 of a new run), every `image_every_n_steps` (by default every
+      `every_n_steps`) and at the end of training, one image per layer: for two tasks the ternary density of the
+      kernels' `p` (`ternary/<layer>`, supplementary Fig. 2), otherwise every kernel's `p` as an image
+      (`group_shares/<layer>`). An image costs a matplotlib render (under a second of one CPU core per layer);
+      raise `image_every_n_steps` for long runs with many layers.
 
     At the end of each epoch the validation logs (`val_*` keys) are written as `validation/<key without val_>`;
     from a standalone `model.evaluate(..., callbacks=[logger])` the evaluation logs are written the same way.
@@ -69,7 +71,7 @@ class GroupingLogger(keras.callbacks.Callback):
         task_names: list of str or None. Task names for the group tags. Defaults to `model.task_names` if the
             model has it, else `task_1, ..., task_T`.
         history_file: str. File name of the history inside `log_dir`. Defaults to `"grouping_history.npz"`.
-        image_every_n_steps: int or None. Period of the images. Defaults to `10 * every_n_steps`.
+        image_every_n_steps: int or None. Period of the images. Defaults to `every_n_steps`.
         history_every_n_steps: int or None. How often the history file is rewritten (it grows with every
             snapshot: `4 * K * (T + 1)` bytes per layer). Defaults to `every_n_steps`.
         log_metrics: bool. Also write the Keras training and validation logs (`train/...`, `validation/...`).
@@ -99,7 +101,7 @@ class GroupingLogger(keras.callbacks.Callback):
         self.log_metrics = bool(log_metrics)
         self.every_n_steps = _positive_int(every_n_steps, "every_n_steps")
         self.image_every_n_steps = _positive_int(
-            10 * self.every_n_steps if image_every_n_steps is None else image_every_n_steps, "image_every_n_steps"
+            self.every_n_steps if image_every_n_steps is None else image_every_n_steps, "image_every_n_steps"
         )
         self.history_every_n_steps = _positive_int(
             self.every_n_steps if history_every_n_steps is None else history_every_n_steps, "history_every_n_steps"
@@ -232,11 +234,12 @@ class GroupingLogger(keras.callbacks.Callback):
         self._load_history()
         self._in_fit = True
         self._last_image_step = None
-        # The starting point of this run (step 0 of a new run): first snapshot of the trajectories. A resumed run
-        # whose start is already in the history (written by the run it continues) does not write it twice.
+        # The starting point of this run (step 0 of a new run): first snapshot of the trajectories and first images.
+        # A resumed run whose start is already in the history (written by the run it continues, with its images at
+        # its last step) does not write it twice.
         self._previous_step = self._step()
         if self._previous_step not in self.history_steps:
-            self._write_layers(self._previous_step, scalars=True, images=False)
+            self._write_layers(self._previous_step, scalars=True, images=True)
         else:
             self._last_layer_step = self._previous_step
 

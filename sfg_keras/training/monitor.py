@@ -1,10 +1,17 @@
 """`TrainingMonitor`: progress to `max_iter`, periodic metric summaries and validation, for one `fit` over a run.
 
-`model.fit` over a whole run is a single epoch whose Keras logs are running means since the run (re)started. The
-monitor turns that into what a long run needs: a progress bar that counts optimizer iterations to `max_iter` (also
-after a resume), TensorBoard scalars every `summary_every_n` iterations that are the mean over the interval (the
-metrics are reset after each summary), and validation every `validation_every_n` iterations and at the end, written
-to TensorBoard at the iteration it ran, printed, and kept in `history`.
+`model.fit` over a whole run is a single epoch whose Keras logs are running means since the metrics were last reset.
+The monitor turns that into what a long run needs:
+
+* TensorBoard scalars every `summary_every_n` iterations, each the mean over the interval since the previous summary
+  (the metrics are reset after each summary; with summaries off, every `DEFAULT_INTERVAL` iterations);
+* a progress bar that counts optimizer iterations to `max_iter` (also after a resume) and shows the same interval
+  means, as they are (Keras' own bar would average them again since the start of the run): at a summary iteration
+  the bar shows exactly the values written to TensorBoard. By default it shows the task losses and metrics, `loss`
+  and `temperature`; the internal terms (`INTERNAL_METRICS`: `data_loss`, `weight_term`, `entropy_term`,
+  `non_finite_step`) go to TensorBoard only, unless `progress="all"`;
+* validation every `validation_every_n` iterations and at the end, written to TensorBoard at the iteration it ran,
+  printed, and kept in `history`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+
+#: Logged by `SFGNetwork` for TensorBoard, hidden from the progress bar unless `progress="all"`.
+INTERNAL_METRICS = ("data_loss", "weight_term", "entropy_term", "non_finite_step")
+#: Interval of the means when TensorBoard summaries are off.
+DEFAULT_INTERVAL = 20
+PROGRESS_CHOICES = ("tasks", "all")
 
 
 def _scalars(logs: dict | None) -> dict[str, float]:
@@ -52,6 +65,8 @@ class TrainingMonitor(keras.callbacks.Callback):
         validation_every_n: int. Period of validation in iterations (also run at the end); 0 disables it.
         validation_steps: int. Batches per validation (the dataset is read from its start every time).
         verbose: 1 for a progress bar, 2 for one line per validation and at the end, 0 for silence.
+        progress: `"tasks"` (the bar and printed lines show the task losses and metrics, `loss` and `temperature`)
+            or `"all"` (also `INTERNAL_METRICS`). TensorBoard always gets everything. Defaults to `"tasks"`.
 
     Example:
 
@@ -71,8 +86,12 @@ class TrainingMonitor(keras.callbacks.Callback):
         validation_every_n: int = 0,
         validation_steps: int = 1,
         verbose: int = 1,
+        progress: str = "tasks",
     ):
         super().__init__()
+        if progress not in PROGRESS_CHOICES:
+            raise ValueError(f"`progress` must be one of {PROGRESS_CHOICES}. Received: progress={progress!r}")
+        self.progress = progress
         for name, value in (("max_iter", max_iter), ("summary_every_n", summary_every_n),
                             ("validation_every_n", validation_every_n), ("validation_steps", validation_steps)):
             if int(value) < 0:
@@ -113,6 +132,21 @@ class TrainingMonitor(keras.callbacks.Callback):
     def _crossed(previous: int, step: int, period: int) -> bool:
         return period > 0 and step // period > previous // period
 
+    @property
+    def interval(self) -> int:
+        """Iterations over which the shown and written values are means (`summary_every_n`, or
+        `DEFAULT_INTERVAL` when summaries are off)."""
+        return self.summary_every_n or DEFAULT_INTERVAL
+
+    def shown(self, values: dict[str, float]) -> dict[str, float]:
+        """The values the progress bar and the printed lines show (all of them with `progress="all"`)."""
+        if self.progress == "all":
+            return dict(values)
+        return {key: value for key, value in values.items() if key not in INTERNAL_METRICS}
+
+    def _text(self, values: dict[str, float]) -> str:
+        return ", ".join(f"{key}={value:.4g}" for key, value in self.shown(values).items())
+
     def validate(self, step: int) -> dict[str, float]:
         """Evaluates `validation_steps` batches from the start of the validation data; writes and returns the
         metrics (and resets the metrics so the next training summary covers training batches only)."""
@@ -122,8 +156,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.history[step] = values
         self._write("validation", values, step)
         if self.verbose:
-            text = ", ".join(f"{key}={value:.4g}" for key, value in values.items())
-            self._print(f"validation at iteration {step}: {text}")
+            self._print(f"validation at iteration {step}: {self._text(values)}")
         return values
 
     def _print(self, message: str) -> None:
@@ -134,7 +167,9 @@ class TrainingMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._previous = self._iteration()
         if self.verbose == 1:
-            self._progbar = _IterationProgbar(self.max_iter, offset=self._previous, unit_name="iteration")
+            # Every value is shown as given (the interval mean so far), never averaged again by the bar.
+            self._progbar = _IterationProgbar(self.max_iter, offset=self._previous, unit_name="iteration",
+                                              stateless_metrics=())
             self._progbar.update(self._previous)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -143,9 +178,10 @@ class TrainingMonitor(keras.callbacks.Callback):
         values = _scalars(logs)
         self._last_logs = values
         if self._progbar is not None:
-            self._progbar.update(step, values=list(values.items()), finalize=False)
-        if self._crossed(previous, step, self.summary_every_n):
-            self._write("train", values, step)
+            self._progbar.update(step, values=list(self.shown(values).items()), finalize=False)
+        if self._crossed(previous, step, self.interval):
+            if self.summary_every_n:
+                self._write("train", values, step)
             self.model.reset_metrics()
         if self._crossed(previous, step, self.validation_every_n):
             self.validate(step)
@@ -155,10 +191,9 @@ class TrainingMonitor(keras.callbacks.Callback):
         if self.validation_every_n and step not in self.history:
             self.validate(step)
         if self._progbar is not None:
-            self._progbar.update(step, values=list(self._last_logs.items()), finalize=True)
+            self._progbar.update(step, values=list(self.shown(self._last_logs).items()), finalize=True)
         elif self.verbose == 2:
-            text = ", ".join(f"{key}={value:.4g}" for key, value in self._last_logs.items())
-            print(f"iteration {step}/{self.max_iter}: {text}", flush=True)
+            print(f"iteration {step}/{self.max_iter}: {self._text(self._last_logs)}", flush=True)
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
