@@ -153,8 +153,9 @@ def generate_data(kind: str, output: str, num: int | None, seed: int, overwrite:
 
 
 def _demo(output: str | None) -> None:
-    """The README's main job: generate the pelvis cohort, train SFG, Monte-Carlo inference, evaluation, plots, export
-    and the HTML report (its path is the last line printed). Idempotent: existing data are reused and training
+    """The README's main job: generate the pelvis cohort, train SFG, inference (the config's mode: the MAP network,
+    which after the commit is the network that was trained), evaluation, plots, export and the HTML report (its
+    path is the last line printed). Idempotent: existing data are reused and training
     resumes from (or stops at) the last checkpoint."""
     import csv
 

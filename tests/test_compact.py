@@ -111,7 +111,8 @@ def test_compact_model_equals_map_inference(case):
     assert set(got) == {task.name for task in tasks}
     for task in tasks:
         assert got[task.name].shape == raw[task.name].shape
-        np.testing.assert_allclose(np.asarray(got[task.name]), np.asarray(raw[task.name]), rtol=0, atol=1e-5)
+        # float32 sums of the packed kernels in another order: a relative tolerance for deep networks
+        np.testing.assert_allclose(np.asarray(got[task.name]), np.asarray(raw[task.name]), rtol=1e-4, atol=1e-5)
 
     foreign = {c for c in _layer_classes(compact) if not c[0].startswith("keras.")}
     assert foreign <= ALLOWED_FOREIGN_CLASSES, foreign

@@ -153,7 +153,7 @@ def test_vectorised_passes_equal_sequential_passes_for_the_same_architectures():
     current = {}
 
     def pin(layer):
-        def assignment(batch_size, stochastic, training=False):
+        def assignment(probs, batch_size, stochastic, training=False):
             return tf.constant(current[layer.name].reshape(-1, layer.filters, layer.num_groups))
 
         layer._assignment = assignment

@@ -25,18 +25,19 @@ class KerasConformanceTest(testing.TestCase):
         )
 
     def test_sfg_conv_image_input(self):
-        # kernel, logits; per group gamma, beta, PReLU alpha | temperature, sampling noise; per group moving stats
-        self._check(SFGConv, {"filters": 4, "kernel_size": 3, "seed": 0}, (4, 5, 5, 3), OUT, 2 + 3 * 3, 2 + 3 * 2,
+        # kernel, logits; per group gamma, beta, PReLU alpha | temperature, entropy scale, sampling noise; per group
+        # moving stats
+        self._check(SFGConv, {"filters": 4, "kernel_size": 3, "seed": 0}, (4, 5, 5, 3), OUT, 2 + 3 * 3, 3 + 3 * 2,
                     seeds=1, losses=2)
 
     def test_sfg_conv_streams_sum(self):
-        self._check(SFGConv, {"filters": 4, "kernel_size": 3, "seed": 0}, STREAMS, OUT, 2 + 3 * 3, 2 + 3 * 2,
+        self._check(SFGConv, {"filters": 4, "kernel_size": 3, "seed": 0}, STREAMS, OUT, 2 + 3 * 3, 3 + 3 * 2,
                     seeds=1, losses=2)
 
     def test_sfg_conv_streams_concat_soft_per_batch(self):
         kwargs = {"filters": 4, "kernel_size": 3, "merge": "concat", "hard": False, "sampling": "per_batch", "seed": 1}
         # + two 1x1 merge convolutions (kernel, bias)
-        self._check(SFGConv, kwargs, STREAMS, OUT, 2 + 3 * 3 + 2 * 2, 2 + 3 * 2, seeds=1, losses=2)
+        self._check(SFGConv, kwargs, STREAMS, OUT, 2 + 3 * 3 + 2 * 2, 3 + 3 * 2, seeds=1, losses=2)
 
     def test_sfg_conv_fixed_assignment(self):
         kwargs = {"filters": 4, "kernel_size": 3, "fixed_assignment": [0, 1, 2, 2]}
@@ -44,7 +45,7 @@ class KerasConformanceTest(testing.TestCase):
 
     def test_sfg_conv_rank_3(self):
         kwargs = {"filters": 2, "kernel_size": 3, "rank": 3, "num_tasks": 3, "seed": 0}
-        self._check(SFGConv, kwargs, (2, 4, 4, 4, 1), ((2, 4, 4, 4, 2),) * 4, 2 + 4 * 3, 2 + 4 * 2, seeds=1,
+        self._check(SFGConv, kwargs, (2, 4, 4, 4, 1), ((2, 4, 4, 4, 2),) * 4, 2 + 4 * 3, 3 + 4 * 2, seeds=1,
                     losses=2)
 
     def test_cross_stitch(self):

@@ -601,7 +601,7 @@ def test_cli_inference_and_evaluation_write_volumes_and_metrics(cli_run, cohort)
     (subject,) = _phase(model_dir, "Inference")
     output = model_dir / "output"
     names = [f"{key}_{subject}_niftynet_out.nii.gz" for key in ("ct", "ct_std", "organs", "organs_entropy")]
-    assert sorted(p.name for p in output.iterdir()) == sorted([*names, "inferred.csv"])
+    assert sorted(p.name for p in output.iterdir()) == sorted([*names, "inferred.csv", "inference_record.json"])
     ct = np.asarray(nib.load(output / names[0]).dataobj)
     assert ct.shape == SHAPE and np.all(np.isfinite(ct)) and -4000 < ct.min() and ct.max() < 4000
     assert np.all(np.asarray(nib.load(output / names[1]).dataobj) >= 0)
@@ -619,6 +619,6 @@ def test_cli_map_inference_of_all_subjects_writes_no_ct_std(cli_run, tmp_path):
     _sfg_run("inference", "-c", str(cli_run["config"]), "-a", "mr_ct", "--inference_mode=map",
              "--dataset_to_infer=all", f"--save_seg_dir={out}")
     names = sorted(p.name for p in out.iterdir())
-    assert len(names) == 5 * 3 + 1 and not any("ct_std" in name for name in names)
+    assert len(names) == 5 * 3 + 2 and not any("ct_std" in name for name in names)  # + inferred.csv, its record
     labels = np.asarray(nib.load(out / "organs_subj_004_niftynet_out.nii.gz").dataobj)
     assert labels.shape == SHAPE and labels.max() <= 4

@@ -25,15 +25,20 @@ def _model_and_data(bad_batch: int | None = 1, value=np.nan):
     return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
 
 
+_STEP_STATE = ("temperature", "entropy_scale", "sampling_noise", "seed_generator_state")
+
+
 class _Record(keras.callbacks.Callback):
-    """The weights (trainable and batch-norm statistics) before and after every step, and the step flags."""
+    """The weights (trainable and batch-norm statistics) before and after every step, and the step flags. The
+    schedule's state (temperature, entropy scale) and the random state (sampling noise) follow the step count, not
+    the update, and are left out."""
 
     def __init__(self):
         super().__init__()
         self.changed, self.flags, self.iterations = [], [], []
 
     def _state(self):
-        return [v.numpy().copy() for v in self.model.weights if v.name not in ("temperature", "seed_generator_state")]
+        return [v.numpy().copy() for v in self.model.weights if v.name not in _STEP_STATE]
 
     def on_train_batch_begin(self, batch, logs=None):
         self.before = self._state()

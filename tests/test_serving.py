@@ -146,7 +146,12 @@ def test_mc_stream_is_fresh_per_load_unless_seeded_and_versions_are_kept(tmp_pat
 
 
 def _inferred_rows(output_dir: Path) -> dict[str, dict[str, str]]:
-    return {row["subject"]: row for row in csv.DictReader(open(output_dir / "inferred.csv"))}
+    """The rows of `inferred.csv`, file names resolved against its folder (the table stores them relative)."""
+    rows = {}
+    with open(output_dir / "inferred.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows[row["subject"]] = {k: str(output_dir / v) if v.endswith(".nii.gz") else v for k, v in row.items()}
+    return rows
 
 
 def _volume(served: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from sfg_keras.inference import expected_outputs, expected_predict, map_predict,
 from sfg_keras.layers import SFGConv, TemperatureSchedule, sampling_scope
 from sfg_keras.losses import RMSE, CrossEntropy
 from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
-from sfg_keras.recipes import RECIPES, recipe_p0, recipe_values
+from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES, recipe_p0, recipe_values
 
 TASKS = [TaskHead("digit", "classification", 3), TaskHead("size", "regression", 1)]
 
@@ -153,8 +153,10 @@ def test_paper_recipe_is_the_supplement(tmp_path):
     assert sfg.grouping_lr_multiplier == 1.0
     assert (sfg.hard, sfg.sampling, sfg.init) == (True, "per_example", "constant")
     assert sfg.origin("tau_decay") == "recipe"
-    # A config without a recipe key is the paper's setup too.
-    assert load_settings(_config(tmp_path, "", "age, gender")).sfg.as_dict() == sfg.as_dict()
+    # A config without a recipe key is the default recipe (search, then commit), not the paper's setup.
+    default = load_settings(_config(tmp_path, "", "age, gender")).sfg.as_dict()
+    assert default == load_settings(_config(tmp_path, f"recipe = {DEFAULT_RECIPE}", "age, gender")).sfg.as_dict()
+    assert default != sfg.as_dict() and DEFAULT_RECIPE == "search_commit"
     options = NetworkOptions.from_recipe("paper", 2, max_iter=10)
     schedule = options.temperature_schedule
     assert (schedule.tau0, schedule.decay_rate, schedule.tau_min) == (1.0, 1e-5, 0.1)
@@ -185,13 +187,14 @@ def test_explicit_keys_beat_the_recipe(tmp_path):
 def test_recipe_errors_name_the_key(tmp_path):
     from sfg_keras.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"\[SFG\] recipe = 'fastest': expected one of: 'paper', 'fast'"):
+    expected = r"\[SFG\] recipe = 'fastest': expected one of: 'search_commit', 'paper', 'fast'"
+    with pytest.raises(ConfigError, match=expected):
         load_settings(_config(tmp_path, "recipe = fastest"))
     with pytest.raises(ConfigError, match=r"tau_decay_until"):
         load_settings(_config(tmp_path, "tau_decay_until = 1.5"))
     with pytest.raises(ValueError, match="recipe"):
         recipe_p0("slow", 2)
-    assert set(RECIPES) == {"paper", "fast"}
+    assert set(RECIPES) == {"search_commit", "paper", "fast"}
 
 
 # === Expected-network inference ===
