@@ -26,25 +26,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from file_snapshots import snapshot
+from mr_ct_inputs import MR_CT_INPUTS
 
 TESTS = Path(__file__).resolve().parent
 SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 FRACTIONS, SEED = (0.6, 0.2, 0.2), 1
 
-CONFIG = """
-[MR]
-path_to_search = {data}/MR
-filename_contains = _mr
-
-[CT]
-path_to_search = {data}/CT
-filename_contains = _ct
-
-[LABEL]
-path_to_search = {data}/LABEL
-filename_contains = _label
-
-[SYSTEM]
+CONFIG = MR_CT_INPUTS + """[SYSTEM]
 model_dir = {folder}/model
 seed = {seed}
 

@@ -13,23 +13,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from mr_ct_inputs import MR_CT_INPUTS
 
 SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 
-CONFIG = """
-[MR]
-path_to_search = {data}/MR
-filename_contains = _mr
-
-[CT]
-path_to_search = {data}/CT
-filename_contains = _ct
-
-[LABEL]
-path_to_search = {data}/LABEL
-filename_contains = _label
-
-[SYSTEM]
+CONFIG = MR_CT_INPUTS + """[SYSTEM]
 model_dir = {model_dir}
 seed = 1
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from mr_ct_inputs import MR_CT_INPUTS
 
 from sfg_keras.io import atomic
 from sfg_keras.io.atomic import atomic_write_text, is_stale_temporary, remove_stale_temporary_files
@@ -161,20 +162,7 @@ def test_checkpoints_of_an_older_version_are_adopted_not_taken_for_foreign_files
 
 # === The SIGKILL loop through sfg_run ===
 
-KILL_CONFIG = """
-[MR]
-path_to_search = {data}/MR
-filename_contains = _mr
-
-[CT]
-path_to_search = {data}/CT
-filename_contains = _ct
-
-[LABEL]
-path_to_search = {data}/LABEL
-filename_contains = _label
-
-[SYSTEM]
+KILL_CONFIG = MR_CT_INPUTS + """[SYSTEM]
 model_dir = {model_dir}
 seed = 2
 num_threads = 1

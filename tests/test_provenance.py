@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from mr_ct_inputs import MR_CT_INPUTS
 from sfg_run_batch import Batch
 
 from sfg_keras.io.atomic import _HOST_TAG as HOST_TAG
@@ -29,20 +30,7 @@ FRACTIONS, SEED = (0.6, 0.2, 0.2), 1
 #: The split the cohort gets with FRACTIONS and SEED (asserted by test_the_model_was_trained_as_expected).
 TRAINING, VALIDATION, INFERENCE = ["subj_000", "subj_001", "subj_004"], ["subj_002"], ["subj_003"]
 
-CONFIG = """
-[MR]
-path_to_search = {data}/MR
-filename_contains = _mr
-
-[CT]
-path_to_search = {data}/CT
-filename_contains = _ct
-
-[LABEL]
-path_to_search = {data}/LABEL
-filename_contains = _label
-
-[SYSTEM]
+CONFIG = MR_CT_INPUTS + """[SYSTEM]
 model_dir = {model_dir}
 seed = {seed}
 num_threads = 1
