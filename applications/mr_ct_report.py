@@ -96,7 +96,9 @@ def report_figures(app) -> list[tuple[str, list[tuple[str, Figure]]]]:
             "CT std": row.get(f"{regression}_std") if regression else None,
             "label entropy": row.get(f"{segmentation}_entropy") if segmentation else None,
         }
-        files = {name: path for name, path in files.items() if path and Path(path).is_file()}
+        # inferred.csv names its files relative to its own folder (absolute paths, e.g. the MR input, stay as they are)
+        files = {name: inferred.parent / path for name, path in files.items() if path}
+        files = {name: str(path) for name, path in files.items() if path.is_file()}
         if files:
             caption = f"{subject}: middle axial slice of " + ", ".join(files)
             figures.append((caption, subject_figure(subject, files, label_names)))
