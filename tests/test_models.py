@@ -429,3 +429,32 @@ def test_constant_mask_with_fewer_kernels_than_groups_runs():
     outputs = model(_np.ones((2, 32, 32, 3), "float32"), training=True)
     assert outputs["a"].shape == (2, 1) and outputs["b"].shape == (2, 2)
     assert _np.all(_np.isfinite(outputs["b"]))
+
+
+def test_fit_traces_the_train_step_once_and_building_its_state_changes_no_weight():
+    """`fit` creates the optimizer's slots and the losses' and metrics' states before its step is traced
+    (`SFGNetwork.build_step_state`): TensorFlow then traces the step once instead of twice (once to create them,
+    once without), and the zero batch it runs changes no weight, statistic or random state."""
+    from sfg_keras.metrics import MaskedAccuracy
+
+    tasks = [TaskHead("a", "regression", 1), TaskHead("b", "classification", 2)]
+    model = sfg_small_cnn(tasks, NetworkOptions.from_recipe("fast", 2, seed=0), widths=(4, 4))
+    model.build((None, 8, 8, 1))
+    model.compile(keras.optimizers.Adam(0.01), loss={"a": RMSE(), "b": CrossEntropy()},
+                  metrics={"b": [MaskedAccuracy(name="accuracy")]})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = {"a": rng.normal(size=(16, 1)).astype("float32"), "b": rng.integers(0, 2, 16)}
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True)
+    before = [v.numpy().copy() for v in model.weights]
+    assert model.build_step_state(dataset) and model.optimizer.built
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.weights))
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter(dataset), output_signature=(tf.TensorSpec((None, None, None, 1)), dataset.element_spec[1]))
+    assert not model.build_step_state(unknown)  # the image size is not known before the data is read: left to Keras
+    traces = []
+    step = model.train_step
+    model.train_step = lambda data: traces.append(1) or step(data)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert len(traces) == 1
+    assert set(history.history) >= {"loss", "a_loss", "b_loss", "b_accuracy"}
