@@ -37,7 +37,7 @@ model_dir = {folder}/model
 seed = {seed}
 
 [NETWORK]
-name = test_bad_inputs_mr_ct.small_dense_sfg_cnn
+name = small_networks.small_dense_sfg_cnn
 width_multiplier = 0.25
 batch_size = 4
 normalisation = {normalisation}
@@ -71,12 +71,6 @@ patch_size = 24, 24
 padded_size = 32, 32
 """
 
-
-def small_dense_sfg_cnn(tasks, options=None):
-    """A two-layer fully convolutional SFG network (`[NETWORK] name = test_bad_inputs_mr_ct.small_dense_sfg_cnn`)."""
-    from sfg_keras.models import sfg_small_cnn
-
-    return sfg_small_cnn(tasks, options, widths=(8, 8), dense=True)
 
 
 # === Damaging files ===

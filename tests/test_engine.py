@@ -125,10 +125,10 @@ def test_refused_resume_and_refused_start_write_nothing(straight_run):
     config = folder / "run.ini"
     model_dir = folder / "model"
     before = _hashes(model_dir)
-    changed = run(["train", "-c", str(config), "--starting_iter=-1", "--width_multiplier=0.5", "--max_iter=9",
+    changed = run(["train", "-c", str(config), "--starting_iter=-1", "--width_multiplier=0.25", "--max_iter=9",
                    SINGLE_THREAD], check=False)
     assert changed.returncode == 2
-    assert "[NETWORK] width_multiplier" in changed.stderr and "0.25" in changed.stderr, changed.stderr
+    assert "[NETWORK] width_multiplier" in changed.stderr and "0.5" in changed.stderr, changed.stderr
     fresh = run(["train", "-c", str(config), "--starting_iter=0"], check=False)
     assert fresh.returncode == 2 and "--starting_iter=-1" in fresh.stderr
     assert _hashes(model_dir) == before

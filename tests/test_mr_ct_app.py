@@ -31,7 +31,7 @@ from sfg_keras.data import (
     volume_to_slices,
 )
 from sfg_keras.data.generators import make_pelvis_cohort
-from sfg_keras.models import NetworkOptions, TaskHead, sfg_highresnet, sfg_small_cnn
+from sfg_keras.models import NetworkOptions, TaskHead, sfg_highresnet
 from sfg_keras_applications import mr_ct
 from sfg_keras_applications.mr_ct import MRCTApplication
 
@@ -45,12 +45,8 @@ BATCH = 4
 JUNK = 1e6  # value of the padding of hand-made predictions: must never reach a written volume
 
 
-def small_dense_sfg_cnn(tasks, options=None):
-    """A two-layer fully convolutional SFG network (`[NETWORK] name = test_mr_ct_app.small_dense_sfg_cnn`)."""
-    return sfg_small_cnn(tasks, options, widths=(8, 8), dense=True)
 
-
-def _config_text(data: Path, model_dir: Path, network: str = "test_mr_ct_app.small_dense_sfg_cnn") -> str:
+def _config_text(data: Path, model_dir: Path, network: str = "small_networks.small_dense_sfg_cnn") -> str:
     return f"""
 [SYSTEM]
 model_dir = {model_dir}
@@ -571,14 +567,20 @@ _KEPT_ON_RESUME = ("histogram_ref_file.txt", "dataset_split.csv", "training_stat
 @pytest.fixture(scope="module")
 def cli_run(cohort, tmp_path_factory):
     """Trains 2 steps, resumes to 4, infers (MC) and evaluates once through `sfg_run ... -a mr_ct`."""
+    from sfg_run_batch import Batch
+
     config = _write_config(tmp_path_factory.mktemp("cli"), cohort)
     model_dir = config.parent / "model"
-    _sfg_run("train", "-c", str(config), "-a", "mr_ct", "--max_iter=2")
-    first = {name: _digest(model_dir / name) for name in _KEPT_ON_RESUME}
-    _sfg_run("train", "-c", str(config), "-a", "mr_ct", "--starting_iter=-1", "--max_iter=4")
-    resumed = {name: _digest(model_dir / name) for name in _KEPT_ON_RESUME}
+    batch = Batch(config.parent, config, app="mr_ct")  # the four commands in one process: TensorFlow imported once
+    batch.run("train", "train", model_dir, "--max_iter=2")
+    batch.run("resume", "train", model_dir, "--starting_iter=-1", "--max_iter=4")
     for action in ("inference", "evaluation"):
-        _sfg_run(action, "-c", str(config), "-a", "mr_ct")
+        batch.run(action, action, model_dir)
+    results = batch.execute()
+    for name, result in results.items():
+        assert result["returncode"] == 0, f"{name} {result['argv']}:\n{result['stdout']}\n{result['stderr']}"
+    first, resumed = ({name: results[run]["after"]["model_dir"][name] for name in _KEPT_ON_RESUME}
+                      for run in ("train", "resume"))
     return {"config": config, "model_dir": model_dir, "first": first, "resumed": resumed}
 
 

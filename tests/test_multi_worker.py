@@ -22,6 +22,7 @@ from sfg_keras.config import ConfigError
 from sfg_keras.engine.multi_worker import parse_tf_config
 
 _ROOT = str(Path(__file__).resolve().parents[1])
+_TESTS = str(Path(__file__).resolve().parent)  # small_networks.py, the network of test_cli.py's config
 _DIGEST = re.compile(r"\[sfg_run\] (\w+ \d+) of 2: final weights ([0-9a-f]{16})")
 
 
@@ -45,7 +46,8 @@ def _run_cluster(command: list[str], tmp_path: Path, timeout: float = 240, extra
     """Runs `command` (argv after the interpreter) as worker 0 and worker 1; returns their `CompletedProcess`es."""
     ports = _free_ports(2)
     environment = {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-                   "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {})}
+                   "PYTHONPATH": os.pathsep.join([_ROOT, _TESTS, os.environ.get("PYTHONPATH", "")]),
+                   **(extra_env or {})}
     processes = []
     for index in range(2):
         temporary = tmp_path / f"tmp_worker{index}"
@@ -208,7 +210,7 @@ def test_two_workers_train_in_sync(cohort, tmp_path):
     script = tmp_path / "audited_sfg_run.py"
     script.write_text(_AUDITED_SFG_RUN)
     (tmp_path / "mw_small_network.py").write_text(_SMALL_NETWORK)
-    path = {"PYTHONPATH": os.pathsep.join([_ROOT, str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    path = {"PYTHONPATH": os.pathsep.join([_ROOT, _TESTS, str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     start = time.time()
     train = [str(script), str(model_dir), "train", "-c", str(config), "--distribute=multi_worker",
              "--NETWORK.name=mw_small_network.dense_cnn"]

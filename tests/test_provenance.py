@@ -36,7 +36,7 @@ seed = {seed}
 num_threads = 1
 
 [NETWORK]
-name = test_bad_inputs_mr_ct.small_dense_sfg_cnn
+name = small_networks.small_dense_sfg_cnn
 width_multiplier = 0.25
 batch_size = 4
 normalisation = True

@@ -18,11 +18,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from sfg_run_batch import Batch
 
 from sfg_keras.export import export_model
 from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
-
-SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 
 # Loads each listed SavedModel `loads` times and calls the listed signatures `calls` times each; never imports
 # sfg_keras.
@@ -48,7 +47,9 @@ json.dump({"imported": imported}, open(spec["report"], "w"))
 
 
 def _environment() -> dict:
-    return {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    tests = str(Path(__file__).resolve().parent)  # small_networks, the network of test_cli.py's config
+    return {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
 
 
 def load_and_call(folder: Path, images: np.ndarray, models: dict, signatures: dict, loads=1, calls=1) -> dict:
@@ -68,10 +69,11 @@ def load_and_call(folder: Path, images: np.ndarray, models: dict, signatures: di
     return dict(np.load(folder / "served.npz"))
 
 
-def sfg_run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([SFG_RUN, *args], capture_output=True, text=True, env=_environment(), timeout=600)
-    assert result.returncode == 0, f"sfg_run {args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+def _succeeded(results: dict[str, dict]) -> None:
+    """Every command of a `sfg_run_batch.Batch` exited 0."""
+    for name, result in results.items():
+        output = f"{result['stdout'][-3000:]}\n{result['stderr'][-3000:]}"
+        assert result["returncode"] == 0, f"{name} {result['argv']}:\n{output}"
 
 
 def digest(path: Path) -> str:
@@ -172,10 +174,12 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     # A CT range narrower than the predictions, so that both sfg_run inference and the exports must clip.
     low, high = -400.0, 200.0
     bounds = f"--output_bounds=ct:{low:g}:{high:g}"
+    batch = Batch(tmp_path, Path(config))  # the sfg_run commands in one process: TensorFlow imported once
     for mode in ("map", "expected", "mc"):  # one batch per volume (16 slices), as one request is
-        sfg_run("inference", "-c", config, f"--inference_mode={mode}", "--INFERENCE.batch_size=64",
-                f"--save_seg_dir=out_{mode}", bounds)
-    sfg_run("export", "-c", config, bounds)
+        batch.run(mode, "inference", tmp_path / "model", f"--inference_mode={mode}", "--INFERENCE.batch_size=64",
+                  f"--save_seg_dir=out_{mode}", bounds)
+    batch.run("export", "export", tmp_path / "model", bounds)
+    _succeeded(batch.execute())
     saved = tmp_path / "model" / "export"
     inferred = {mode: _inferred_rows(tmp_path / "model" / f"out_{mode}") for mode in ("map", "expected", "mc")}
     subject = sorted(inferred["map"])[0]
@@ -255,11 +259,12 @@ def test_age_gender_saved_model_takes_raw_pixels_and_reproduces_inference(tmp_pa
     make_utkface_folder(tmp_path / "faces", num_images=24, size=32, seed=3, num_malformed=0)
     config = tmp_path / "config.ini"
     config.write_text(AGE_GENDER_CONFIG)
-    sfg_run("train", "-c", str(config), "-a", "age_gender")
+    batch = Batch(tmp_path, config, app="age_gender")  # the sfg_run commands in one process
+    batch.run("train", "train", tmp_path / "run")
     for mode in ("map", "expected", "mc"):  # every Inference image in one batch, as in one request
-        sfg_run("inference", "-c", str(config), "-a", "age_gender", f"--inference_mode={mode}",
-                f"--save_seg_dir=out_{mode}")
-    sfg_run("export", "-c", str(config), "-a", "age_gender")
+        batch.run(mode, "inference", tmp_path / "run", f"--inference_mode={mode}", f"--save_seg_dir=out_{mode}")
+    batch.run("export", "export", tmp_path / "run")
+    _succeeded(batch.execute())
     saved = tmp_path / "run" / "export"
     inferred = {mode: _inferred_rows(tmp_path / "run" / f"out_{mode}") for mode in ("map", "expected", "mc")}
     subjects = sorted(inferred["map"])
