@@ -458,3 +458,13 @@ def test_fit_traces_the_train_step_once_and_building_its_state_changes_no_weight
     history = model.fit(dataset, epochs=1, verbose=0)
     assert len(traces) == 1
     assert set(history.history) >= {"loss", "a_loss", "b_loss", "b_accuracy"}
+
+    # Arrays (float64 images, as numpy makes them): the same, from their shapes.
+    arrays = sfg_small_cnn(tasks, NetworkOptions.from_recipe("fast", 2, seed=0), widths=(4, 4))
+    arrays.build((None, 8, 8, 1))
+    arrays.compile(keras.optimizers.Adam(0.01), loss={"a": RMSE(), "b": CrossEntropy()})
+    traces.clear()
+    step = arrays.train_step
+    arrays.train_step = lambda data: traces.append(1) or step(data)
+    arrays.fit(x.astype("float64"), y, batch_size=4, epochs=1, verbose=0)
+    assert len(traces) == 1 and arrays.optimizer.built
