@@ -85,8 +85,9 @@ class Batch:
         self.op("copytree", model_dir, target)
         return target
 
-    def execute(self, timeout: int = 1200) -> dict[str, dict]:
-        """Runs the batch in a subprocess; returns the results by command name (and prints their times)."""
+    def execute(self, timeout: int = 1200, check: bool = False) -> dict[str, dict]:
+        """Runs the batch in a subprocess; returns the results by command name (and prints their times). With
+        `check`, asserts that every command exited 0 (naming the first that did not, with its output)."""
         import subprocess
 
         jobs, results = self.root / "jobs.json", self.root / "results.json"
@@ -102,6 +103,9 @@ class Batch:
         done = {result["name"]: result for result in json.loads(results.read_text())}
         print(f"\n{len(done)} sfg_run commands in {time.perf_counter() - start:.0f} s: "
               + ", ".join(f"{name} {result['seconds']:.1f} s" for name, result in done.items()))
+        for name, result in done.items() if check else ():
+            output = f"{result['stdout'][-3000:]}\n{result['stderr'][-3000:]}"
+            assert result["returncode"] == 0, f"{name} {result['argv']} exited {result['returncode']}:\n{output}"
         return done
 
 
