@@ -56,9 +56,10 @@ from _timing import header, interleaved_medians, markdown_table
 
 from sfg_keras.data.generators import load_mnist_two_task, load_multi_mnist
 from sfg_keras.inference import expected_predict, map_predict
+from sfg_keras.layers import TemperatureSchedule
 from sfg_keras.losses import RMSE, CrossEntropy
 from sfg_keras.models import GROUPINGS, NetworkOptions, TaskHead, sfg_small_cnn
-from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES
+from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
 
 PAIRS = ("digits", "multimnist", "copies")
 BASELINES = [g for g in GROUPINGS if g != "learned"]
@@ -78,6 +79,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recipe", choices=RECIPES, default=DEFAULT_RECIPE, help="recipe of `learned`")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    parser.add_argument("--search", type=float, default=None, metavar="FRACTION",
+                        help="search length of `learned` as a fraction of the run: the recipe's commit point, its "
+                        "entropy hold and decay and its sampling warm-up scaled together (default: the recipe's)")
+    parser.add_argument("--groupings", nargs="+", default=list(GROUPINGS), choices=GROUPINGS,
+                        help="the networks of part (a) (default all; learned and hard_sharing are always run)")
     parser.add_argument("--quick", action="store_true", help="one seed, 1,000 steps, digits and multimnist")
     parser.add_argument("--json", default="", help="also write every measurement to this JSON file")
     args = parser.parse_args(argv)
@@ -85,7 +91,26 @@ def _parse_args(argv=None) -> argparse.Namespace:
         args.steps, args.seeds, args.pairs = 1000, [0], ["digits", "multimnist"]
     if min(args.steps, args.batch) < 1:
         parser.error(f"--steps and --batch must be >= 1; received {vars(args)}")
+    if args.search is not None and not (0 < args.search < 1 and recipe_values(args.recipe, 2)["commit_at"] > 0):
+        parser.error(f"--search needs a fraction in (0, 1) and a recipe that commits; received --search "
+                     f"{args.search} with --recipe {args.recipe}")
+    args.groupings = [g for g in GROUPINGS if g in {*args.groupings, "learned", "hard_sharing"}]
     return args
+
+
+def learned_schedule(args, max_iter: int | None = None) -> dict:
+    """`NetworkOptions` changes of `learned` for `--search`: the recipe's search phase (commit point, entropy hold
+    and decay, sampling warm-up) scaled to that fraction of the run; nothing without `--search`."""
+    if args.search is None:
+        return {}
+    values = recipe_values(args.recipe, 2)
+    scale = args.search / values["commit_at"]
+    fractions = {key: values[key] for key in TemperatureSchedule.RUN_FRACTION_KEYS}
+    for key in ("commit_at", "lambda2_hold", "lambda2_until", "sampling_warmup"):
+        fractions[key] = values[key] * scale
+    if max_iter is None:
+        return {"temperature_schedule": TemperatureSchedule.relative(**fractions)}
+    return {"temperature_schedule": TemperatureSchedule.for_run(max_iter, **fractions)}
 
 
 class Pair:
@@ -135,7 +160,8 @@ class Pair:
 def build(grouping: str, pair: Pair, seed: int, args, **overrides) -> keras.Model:
     keras.utils.set_random_seed(seed)
     if grouping == "learned":
-        options = NetworkOptions.from_recipe(args.recipe, num_tasks=len(pair.tasks), seed=seed)
+        options = NetworkOptions.from_recipe(args.recipe, num_tasks=len(pair.tasks), seed=seed,
+                                             **learned_schedule(args))
     else:
         options = NetworkOptions(grouping=grouping, seed=seed)
     model = sfg_small_cnn(pair.tasks, options.replace(**overrides), widths=(16, 32, 32), name=grouping)
@@ -183,7 +209,7 @@ def step_costs(args) -> dict[str, float]:
     def ten_steps(model):
         return lambda: [model.train_on_batch(x, y) for _ in range(10)][-1]
 
-    medians = interleaved_medians({name: ten_steps(m) for name, m in models.items()}, 7, 1)
+    medians = interleaved_medians({name: ten_steps(m) for name, m in models.items()}, 15, 1)
     return {name: t / 10 for name, t in medians.items()}
 
 
@@ -195,7 +221,8 @@ def _mean_sd(values: list[float]) -> str:
 
 def run_cost(costs: dict[str, float], args) -> float:
     """Seconds of `learned`'s whole run: the search steps at the search cost, the rest at the committed cost."""
-    options = NetworkOptions.from_recipe(args.recipe, num_tasks=2, max_iter=args.steps)
+    options = NetworkOptions.from_recipe(args.recipe, num_tasks=2, max_iter=args.steps,
+                                         **learned_schedule(args, args.steps))
     commit = options.temperature_schedule.commit_step
     if commit is None:
         return args.steps * costs["learned, search"]
@@ -221,7 +248,7 @@ def part_a(args, record: dict) -> list[str]:
     ]
     record["a"] = {}
     for pair_name in args.pairs:
-        groupings = GROUPINGS if pair_name != "copies" else ("learned", "hard_sharing")
+        groupings = args.groupings if pair_name != "copies" else ("learned", "hard_sharing")
         runs = []
         for seed in args.seeds:
             pair = Pair(pair_name, seed, args.batch)

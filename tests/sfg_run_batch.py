@@ -6,7 +6,8 @@ actions one after the other in one process, with `keras.backend.clear_session()`
 import once instead of once per command keeps a matrix of a few dozen commands affordable on a 2-core CI machine.
 
 A job is `{"name": ..., "argv": [...], "watch": {label: folder}}`, or a file operation run between commands
-(`{"op": "copytree" | "move" | "unlink" | "truncate" | "write" | "replace" | "zero_nifti", ...}`, see `OPERATIONS`).
+(`{"op": "copytree" | "copy" | "move" | "unlink" | "truncate" | "write" | "replace" | "zero_nifti" | "call", ...}`,
+see `OPERATIONS`; `call` runs a function of a test module by its dotted name, e.g. one that damages a file).
 For each command the results hold its exit status, stdout, stderr, seconds and the snapshots
 (`file_snapshots.snapshot`) of the watched folders before and after it.
 """
@@ -45,14 +46,23 @@ def _zero_nifti(path: str) -> None:
     nib.save(nib.Nifti1Image(np.zeros(image.shape, np.float32), image.affine, image.header), path)
 
 
+def _call(dotted: str, *args: str) -> None:
+    import importlib
+
+    module, _, function = dotted.rpartition(".")
+    getattr(importlib.import_module(module), function)(*args)
+
+
 OPERATIONS = {
     "copytree": lambda source, target: shutil.copytree(source, target, symlinks=True),
+    "copy": lambda source, target: shutil.copy2(source, target),
     "move": lambda source, target: shutil.move(source, target),
     "unlink": lambda path: Path(path).unlink(),
     "truncate": _truncate,
     "write": lambda path, text: Path(path).write_text(text),
     "replace": _replace,
     "zero_nifti": _zero_nifti,
+    "call": _call,
 }
 
 
@@ -68,16 +78,21 @@ class Batch:
     ```
     """
 
-    def __init__(self, root: Path, config: Path, app: str | None = None):
-        self.root, self.config, self.items = Path(root), Path(config), []
+    def __init__(self, root: Path, config: Path | None = None, app: str | None = None):
+        self.root, self.config, self.items = Path(root), config, []
         self.app = ["-a", app] if app else []
 
     def op(self, name: str, *args) -> None:
         self.items.append({"op": name, "args": [str(a) for a in args]})
 
-    def run(self, name: str, action: str, model_dir: Path, *extra: str, watch: tuple = ()) -> None:
+    def run(self, name: str, action: str, model_dir: Path, *extra: str, watch: tuple = (),
+            config: Path | None = None) -> None:
+        """Adds `sfg_run ACTION -c CONFIG [-a APP] --model_dir=MODEL_DIR EXTRA...` (CONFIG: the batch's unless
+        given), watching `model_dir` and the folders of `watch`."""
+        if (config or self.config) is None:
+            raise ValueError(f"{name}: no config (neither the batch's nor the command's)")
         folders = {"model_dir": str(model_dir), **{str(p): str(p) for p in watch}}
-        self.items.append({"name": name, "argv": [action, "-c", str(self.config), *self.app,
+        self.items.append({"name": name, "argv": [action, "-c", str(config or self.config), *self.app,
                                                   f"--model_dir={model_dir}", *extra], "watch": folders})
 
     def copy(self, model_dir: Path, name: str) -> Path:

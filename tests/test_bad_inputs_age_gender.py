@@ -1,21 +1,18 @@
-"""Bad inputs of the age_gender application, through the `sfg_run` console script (issue 11).
+"""Bad inputs of the age_gender application, through `sfg_run` (issue 11).
 
 Each case breaks one thing in a tiny generated data set (a UTKFace-named folder of JPEGs, or PNGs listed in a label
 CSV) and runs `sfg_run train` (or `inference`). Every case must be refused up front: exit status 2, the bad file named
 on stderr in one `InputValidationError` (no traceback), and `model_dir` byte-identical before and after. The
-subprocesses (each imports TensorFlow) run two at a time in one module-scoped fixture; one parametrized test per case
-asserts. A few in-process tests cover what a subprocess cannot show cheaply: resuming, the scan cache,
-`training_files` and atomic metric tables.
+commands run one after the other in one subprocess (`sfg_run_batch`: the console script's function, TensorFlow
+imported once) in a module-scoped fixture; one parametrized test per case asserts. A few in-process tests cover
+what a command cannot show cheaply: resuming, the scan cache, `training_files` and atomic metric tables.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +20,8 @@ import numpy as np
 import pytest
 from file_snapshots import snapshot
 from PIL import Image
+from sfg_run_batch import Batch
 
-SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 SIZE = 16
 NUM_FACES = 12
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -211,25 +208,22 @@ CASES: dict[str, Callable] = {case.__name__: case for case in (
 SKIPPED_AS_ROOT = {"unreadable_jpeg"}
 
 
-def run_case(folder: Path, name: str) -> dict:
-    action, wanted = CASES[name](folder)
-    before = snapshot(folder / "run")
-    environment = {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [SFG_RUN, action, "-c", str(folder / "config.ini"), "-a", "age_gender"],
-        capture_output=True, text=True, env=environment, timeout=300,
-    )
-    return {"result": result, "wanted": wanted, "before": before, "after": snapshot(folder / "run")}
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, dict]:
-    """`{case: {"result": CompletedProcess, "wanted", "before", "after"}}`, run two at a time."""
+    """`{case: {"result": the command's result (exit status, stdout, stderr, snapshots), "wanted": texts}}`.
+
+    Every case's files are made here, then its `sfg_run ACTION -c CONFIG -a age_gender` runs in one process through
+    `sfg_keras.cli.main`, the function behind the console script (`sfg_run_batch`): TensorFlow is imported once
+    for the 14 commands instead of once each.
+    """
     root = tmp_path_factory.mktemp("bad_inputs_age_gender")
     names = [name for name in CASES if not (AS_ROOT and name in SKIPPED_AS_ROOT)]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_case, root / name, name) for name in names}
-        return {name: future.result() for name, future in futures.items()}
+    batch, wanted = Batch(root, app="age_gender"), {}
+    for name in names:
+        action, wanted[name] = CASES[name](root / name)
+        batch.run(name, action, root / name / "run", config=root / name / "config.ini")
+    results = batch.execute()
+    return {name: {"result": results[name], "wanted": wanted[name]} for name in names}
 
 
 @pytest.mark.slow
@@ -239,11 +233,12 @@ def test_bad_input_is_refused_up_front(outcomes, case):
         pytest.skip("root reads a chmod-000 file")
     outcome = outcomes[case]
     result = outcome["result"]
-    assert result.returncode == 2, f"exit {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    assert "Traceback" not in result.stderr and "nothing was written" in result.stderr, result.stderr[-3000:]
+    stdout, stderr = result["stdout"], result["stderr"]
+    assert result["returncode"] == 2, f"exit {result['returncode']}:\n{stdout[-2000:]}\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr and "nothing was written" in stderr, stderr[-3000:]
     for text in outcome["wanted"]:
-        assert text in result.stderr, f"{text!r} not in:\n{result.stderr[-3000:]}"
-    assert outcome["after"] == outcome["before"]
+        assert text in stderr, f"{text!r} not in:\n{stderr[-3000:]}"
+    assert result["after"] == result["before"]
 
 
 # === In-process: resuming, the scan cache, training_files, channel conversion, atomic tables ===

@@ -1,35 +1,29 @@
-"""Bad mr_ct inputs through the `sfg_run` console script: exit status 2, the bad file named, nothing written.
+"""Bad mr_ct inputs through `sfg_run`: exit status 2, the bad file named, nothing written.
 
 Each case copies the session's generated pelvis cohort, damages one file (or, for `many_bad_files`, adds 12 subjects
-of empty files) and runs `sfg_run` in a subprocess. The cases run two at a time in one module-scoped fixture (each
-subprocess pays a TensorFlow import); one parametrized test per case then asserts that the run exited with status
-2, named the bad file, and left `model_dir` and the histogram file's location (outside `model_dir`) byte-identical.
-One chain of runs also checks training resumed and inference on a trained `model_dir`, and that a model_dir whose
-refused start met a file of infinite values trains normally once the file is fixed. The subprocess tests are `slow`
-(18 runs: about 100 s on two idle cores); the in-process tests at the end (scan cache, accepted trailing axis,
-`training_files`, atomic outputs) are fast.
+of empty files) and runs `sfg_run`. The commands run one after the other in one subprocess (`sfg_run_batch`: the
+console script's function, TensorFlow imported once) from one module-scoped fixture; one parametrized test per case
+then asserts that the run exited with status 2, named the bad file, and left `model_dir` and the histogram file's
+location (outside `model_dir`) byte-identical. One chain of commands also checks training resumed and inference on a
+trained `model_dir`, and that a model_dir whose refused start met a file of infinite values trains normally once the
+file is fixed. These tests are `slow` (18 commands); the in-process tests at the end (scan cache, accepted trailing
+axis, `training_files`, atomic outputs) are fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from file_snapshots import snapshot
 from mr_ct_inputs import MR_CT_INPUTS
+from sfg_run_batch import Batch
 
-TESTS = Path(__file__).resolve().parent
-SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 FRACTIONS, SEED = (0.6, 0.2, 0.2), 1
 
 CONFIG = MR_CT_INPUTS + """[SYSTEM]
@@ -222,7 +216,8 @@ def _(data, split):
 
 @dataclasses.dataclass
 class Outcome:
-    """One `sfg_run` run: its result, the damaged files and the snapshots of model_dir and the histogram folder."""
+    """One `sfg_run` command: its result, the damaged files and the snapshots of model_dir and the histogram
+    folder before and after it."""
 
     result: subprocess.CompletedProcess
     bad: list[Path]
@@ -246,20 +241,12 @@ def _config(folder: Path, data: Path, normalisation=True, max_iter=1) -> Path:
     return config
 
 
-def _state(folder: Path) -> tuple:
-    return snapshot(folder / "model"), snapshot(folder / "normalisation")
+def _run(batch: Batch, name: str, folder: Path, *args: str) -> None:
+    batch.run(name, args[0], folder / "model", *args[1:], watch=(folder / "normalisation",),
+              config=folder / "run.ini")
 
 
-def _sfg_run(folder: Path, bad: list[Path], *args: str) -> Outcome:
-    environment = {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-                   "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    before, start = _state(folder), time.perf_counter()
-    result = subprocess.run([SFG_RUN, *args, "-c", str(folder / "run.ini")], capture_output=True, text=True,
-                            env=environment, timeout=600)
-    return Outcome(result, bad, before, _state(folder), time.perf_counter() - start)
-
-
-def _damaged_run(name: str, cohort: Path, root: Path) -> Outcome:
+def _damaged_case(batch: Batch, name: str, cohort: Path, root: Path) -> list[Path]:
     folder = root / name
     data = folder / "data"
     shutil.copytree(cohort, data)
@@ -267,10 +254,15 @@ def _damaged_run(name: str, cohort: Path, root: Path) -> Outcome:
     bad = DAMAGES[name](data, _split(subjects + [f"subj_{n}" for n in range(100, 112)] if name == "many_bad_files"
                                      else subjects, folder))
     _config(folder, data)
-    return _sfg_run(folder, bad, "train")
+    _run(batch, name, folder, "train")
+    return bad
 
 
-def _chain(cohort: Path, root: Path) -> dict[str, Outcome]:
+def set_nan_voxels(path: str) -> None:
+    _rewrite(Path(path), _set_voxels(np.nan))
+
+
+def _chain(batch: Batch, cohort: Path, root: Path) -> dict[str, list[Path]]:
     """Infinite MR voxels with normalisation off (refused), the file fixed (trains), a bad validation file on
     resume (refused), a bad MR to infer (refused)."""
     folder = root / "chain"
@@ -278,21 +270,20 @@ def _chain(cohort: Path, root: Path) -> dict[str, Outcome]:
     shutil.copytree(cohort, data)
     split = _split(sorted(p.name[: -len("_mr.nii.gz")] for p in (data / "MR").iterdir()), folder)
     _config(folder, data, normalisation=False)
-    outcomes = {}
     mr = _file(data, "MR", split["Training"][0])
     _rewrite(mr, _set_voxels(np.inf))
-    outcomes["inf_in_mr_without_normalisation"] = _sfg_run(folder, [mr], "train")
-    shutil.copy2(_file(cohort, "MR", split["Training"][0]), mr)
-    outcomes["fixed_file_trains"] = _sfg_run(folder, [], "train")
+    _run(batch, "inf_in_mr_without_normalisation", folder, "train")
+    batch.op("copy", _file(cohort, "MR", split["Training"][0]), mr)
+    _run(batch, "fixed_file_trains", folder, "train")
     label = _file(data, "LABEL", split["Validation"][0])
-    _truncate(label)
-    outcomes["resume_with_truncated_validation_label"] = _sfg_run(folder, [label], "train", "--starting_iter=-1",
-                                                                     "--max_iter=2")
-    shutil.copy2(_file(cohort, "LABEL", split["Validation"][0]), label)
+    batch.op("truncate", label)
+    _run(batch, "resume_with_truncated_validation_label", folder, "train", "--starting_iter=-1", "--max_iter=2")
+    batch.op("copy", _file(cohort, "LABEL", split["Validation"][0]), label)
     infer = _file(data, "MR", split["Inference"][0])
-    _rewrite(infer, _set_voxels(np.nan))
-    outcomes["nan_in_mr_to_infer"] = _sfg_run(folder, [infer], "inference")
-    return outcomes
+    batch.op("call", f"{__name__}.set_nan_voxels", infer)
+    _run(batch, "nan_in_mr_to_infer", folder, "inference")
+    return {"inf_in_mr_without_normalisation": [mr], "fixed_file_trains": [],
+            "resume_with_truncated_validation_label": [label], "nan_in_mr_to_infer": [infer]}
 
 
 REFUSED = [*DAMAGES, "inf_in_mr_without_normalisation", "resume_with_truncated_validation_label",
@@ -301,17 +292,19 @@ REFUSED = [*DAMAGES, "inf_in_mr_without_normalisation", "resume_with_truncated_v
 
 @pytest.fixture(scope="module")
 def outcomes(cohort, tmp_path_factory) -> dict[str, Outcome]:
-    """Every case's `Outcome`, run two at a time (the chain first: it is the longest)."""
+    """Every case's `Outcome`: the damaged copies are made here, then every command runs in one process through
+    `sfg_keras.cli.main`, the function behind the console script (`sfg_run_batch`: TensorFlow imported once)."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        chain = pool.submit(_chain, cohort, root)
-        single = {name: pool.submit(_damaged_run, name, cohort, root) for name in DAMAGES}
-        results = {name: future.result() for name, future in single.items()}
-        results.update(chain.result())
-    print(f"\n{len(results)} sfg_run runs in {time.perf_counter() - start:.0f} s: "
-          + ", ".join(f"{name} {outcome.seconds:.0f} s" for name, outcome in results.items()))
-    return results
+    batch = Batch(root)
+    bad = {name: _damaged_case(batch, name, cohort, root) for name in DAMAGES}
+    bad.update(_chain(batch, cohort, root))
+    outcomes = {}
+    for name, result in batch.execute().items():
+        before, after = (tuple(result[key][label] for label in result[key]) for key in ("before", "after"))
+        completed = subprocess.CompletedProcess(result["argv"], result["returncode"], result["stdout"],
+                                                result["stderr"])
+        outcomes[name] = Outcome(completed, bad[name], before, after, result["seconds"])
+    return outcomes
 
 
 @pytest.mark.slow

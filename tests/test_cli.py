@@ -1,4 +1,5 @@
-"""End-to-end tests of the `sfg_run` console script in subprocesses, on tiny generated data."""
+"""End-to-end tests of `sfg_run` in subprocesses (the console script, and a sequence of commands in one process
+through `sfg_run_batch`), on tiny generated data."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from mr_ct_inputs import MR_CT_INPUTS
+from sfg_run_batch import Batch
 
 SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 TESTS = Path(__file__).resolve().parent
@@ -92,11 +94,19 @@ def test_train_infer_evaluate_analyse_export(cohort, trained_run):
     assert (model_dir / "dataset_split.csv").is_file()
     assert (model_dir / "histogram_ref_file.txt").is_file()
 
+    # The five commands run in one process (`sfg_run_batch`: the console script's function, TensorFlow imported once);
+    # the console script itself is run by the other tests of this file.
+    batch = Batch(folder, config)
     # Starting afresh over existing checkpoints is refused (resuming is test_sigkill_resumes_from_last_checkpoint).
-    refused = run(["train", "-c", str(config), "--starting_iter=0"], check=False)
-    assert refused.returncode == 2 and "--starting_iter=-1" in refused.stderr
+    batch.run("refused", "train", model_dir, "--starting_iter=0")
+    for action in ("inference", "evaluation", "analyse", "export"):
+        batch.run(action, action, model_dir)
+    results = batch.execute()
+    refused = results.pop("refused")
+    assert refused["returncode"] == 2 and "--starting_iter=-1" in refused["stderr"], refused["stderr"][-3000:]
+    for action, result in results.items():
+        assert result["returncode"] == 0, f"{action}: {result['stdout'][-3000:]}\n{result['stderr'][-3000:]}"
 
-    run(["inference", "-c", str(config)])
     inferred = list(csv.DictReader(open(model_dir / "output" / "inferred.csv")))
     split = dict(row for row in csv.reader(open(model_dir / "dataset_split.csv")))
     assert len(inferred) == sum(1 for phase in split.values() if phase == "Inference")
@@ -112,15 +122,10 @@ def test_train_infer_evaluate_analyse_export(cohort, trained_run):
         labels = np.asarray(nib.load(model_dir / "output" / row["organs"]).dataobj)
         assert set(np.unique(labels)) <= set(range(5))
 
-    run(["evaluation", "-c", str(config)])
     rows = list(csv.DictReader(open(model_dir / "evaluation" / "mr_ct_metrics.csv")))
     assert [r["subject"] for r in rows] == [r["subject"] for r in inferred]
     assert "mae" in rows[0] and "dice_bone" in rows[0]
-
-    run(["analyse", "-c", str(config)])
     assert list((model_dir / "analysis").glob("*.png"))
-
-    run(["export", "-c", str(config)])
     assert (model_dir / "export" / "sfg" / "1" / "saved_model.pb").is_file()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sfg_run_batch import Batch
 from test_cli import SFG_RUN, run, write_config
 
 
@@ -63,12 +64,15 @@ def straight_run(trained_run):
 
 @pytest.fixture(scope="module")
 def resumed_run(cohort, tmp_path_factory):
-    """The same run stopped at iteration 3 and resumed to 6."""
+    """The same run stopped at iteration 3 and resumed to 6 (both commands in one process, as `sfg_run demo` runs
+    its actions; the resume starts from the checkpoint on disk all the same)."""
     folder = tmp_path_factory.mktemp("resumed")
     config = write_config(folder, cohort, max_iter=6, save_every_n=3, validation_every_n=3)
-    run(["train", "-c", str(config), "--max_iter=3", SINGLE_THREAD])
-    result = run(["train", "-c", str(config), "--starting_iter=-1", SINGLE_THREAD])
-    return folder, config, result
+    batch = Batch(folder, config)
+    batch.run("stopped", "train", folder / "model", "--max_iter=3", SINGLE_THREAD)
+    batch.run("resumed", "train", folder / "model", "--starting_iter=-1", SINGLE_THREAD)
+    result = batch.execute(check=True)["resumed"]
+    return folder, config, subprocess.CompletedProcess(result["argv"], 0, result["stdout"], result["stderr"])
 
 
 @pytest.mark.slow
@@ -125,12 +129,15 @@ def test_refused_resume_and_refused_start_write_nothing(straight_run):
     config = folder / "run.ini"
     model_dir = folder / "model"
     before = _hashes(model_dir)
-    changed = run(["train", "-c", str(config), "--starting_iter=-1", "--width_multiplier=0.25", "--max_iter=9",
-                   SINGLE_THREAD], check=False)
-    assert changed.returncode == 2
-    assert "[NETWORK] width_multiplier" in changed.stderr and "0.5" in changed.stderr, changed.stderr
-    fresh = run(["train", "-c", str(config), "--starting_iter=0"], check=False)
-    assert fresh.returncode == 2 and "--starting_iter=-1" in fresh.stderr
+    batch = Batch(folder, config)
+    batch.run("changed", "train", model_dir, "--starting_iter=-1", "--width_multiplier=0.25", "--max_iter=9",
+              SINGLE_THREAD)
+    batch.run("fresh", "train", model_dir, "--starting_iter=0")
+    results = batch.execute()
+    changed, fresh = results["changed"], results["fresh"]
+    assert changed["returncode"] == 2
+    assert "[NETWORK] width_multiplier" in changed["stderr"] and "0.5" in changed["stderr"], changed["stderr"]
+    assert fresh["returncode"] == 2 and "--starting_iter=-1" in fresh["stderr"]
     assert _hashes(model_dir) == before
 
 
