@@ -38,7 +38,12 @@ Usage (the full study; `--quick` is one seed at 1,000 steps on two pairs, under 
 ```
 python benchmarks/paper_claims.py --steps 2000 --seeds 0 1 2 --json paper_claims.json
 python benchmarks/paper_claims.py --quick
+python benchmarks/paper_claims.py --pairs multimnist --parts a b --groupings learned hard_sharing --search 0.1
 ```
+
+`--search FRACTION` changes the length of `learned`'s search (the recipe's commit point, entropy hold and decay and
+sampling warm-up, scaled together); `--groupings` runs part (a) for some networks only (`learned` and
+`hard_sharing` always).
 """
 
 from __future__ import annotations
