@@ -42,12 +42,11 @@ def _tf_config(ports: list[int], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def _run_cluster(command: list[str], tmp_path: Path, timeout: float = 240, extra_env=None) -> list:
+def _run_cluster(command: list[str], tmp_path: Path, timeout: float = 240) -> list:
     """Runs `command` (argv after the interpreter) as worker 0 and worker 1; returns their `CompletedProcess`es."""
     ports = _free_ports(2)
     environment = {**os.environ, "SFG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-                   "PYTHONPATH": os.pathsep.join([_ROOT, _TESTS, os.environ.get("PYTHONPATH", "")]),
-                   **(extra_env or {})}
+                   "PYTHONPATH": os.pathsep.join([_ROOT, _TESTS, os.environ.get("PYTHONPATH", "")])}
     processes = []
     for index in range(2):
         temporary = tmp_path / f"tmp_worker{index}"
