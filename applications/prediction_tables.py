@@ -30,7 +30,7 @@ from sfg_keras.io.atomic import atomic_path
 def prediction_columns(
     task: TaskSpec, predictions: dict, count: int, scale: float = 1.0
 ) -> tuple[list[str], list[np.ndarray]]:
-    """The `inferred.csv` columns of one task from its predictions (`sfg_keras.groups.PREDICTION_KEYS` schema).
+    """The `inferred.csv` columns of one task from its predictions (`sfg_keras.predictions.PREDICTION_KEYS` schema).
 
     Args:
         task: the task.

@@ -7,7 +7,7 @@ input and return outputs in physical units.
   signatures, all with the outputs of `sfg_keras.inference`'s prediction schema flattened to `<task>_<key>`:
   `<task>_mean` and `<task>_std` for regression tasks (in the task's physical unit, the mean bounded to its range:
   `sfg_keras.physical_outputs`), `<task>_probabilities`, `<task>_label` and `<task>_entropy` for classification and
-  segmentation tasks (`sfg_keras.groups.PREDICTION_KEYS`):
+  segmentation tasks (`sfg_keras.predictions.PREDICTION_KEYS`):
 
   * `serving_default`: the Monte-Carlo aggregated prediction of `num_samples` architectures (fixed at export;
     `label` is the majority vote, `entropy` that of the mean probabilities);
@@ -59,9 +59,9 @@ import numpy as np
 import tensorflow as tf
 
 from sfg_keras.compact import compact_map_model, model_input_shape
-from sfg_keras.groups import PREDICTION_KEYS, prediction_kind
 from sfg_keras.models.sfg_network import SFGNetwork
 from sfg_keras.physical_outputs import PhysicalOutput
+from sfg_keras.predictions import output_name, output_names
 from sfg_keras.serving import INPUT_NAME, ServingModel, ServingPreprocessor
 
 __all__ = [
@@ -95,9 +95,7 @@ def signature_outputs(model: SFGNetwork) -> dict[str, list[str]]:
     # ["age_mean", "age_std", "gender_probabilities", "gender_label", "gender_entropy"]
     ```
     """
-    names = [
-        f"{task.name}_{key}" for task in model.tasks for key in PREDICTION_KEYS[prediction_kind(task.is_categorical)]
-    ]
+    names = output_names((task.name, task.is_categorical) for task in model.tasks)
     return {signature: list(names) for signature in _SIGNATURE_MODES}
 
 
@@ -283,16 +281,16 @@ def _output_meanings(serving: ServingModel, mode: str) -> dict[str, str]:
     for task in serving.tasks:
         if task.is_categorical:
             where = "per pixel" if task.type == "segmentation" else "per element"
-            meanings[f"{task.name}_probabilities"] = (
+            meanings[output_name(task.name, "probabilities")] = (
                 f"class probabilities {where} ({task.units} classes), mean {passes}")
-            meanings[f"{task.name}_label"] = "label (int32): " + (
+            meanings[output_name(task.name, "label")] = "label (int32): " + (
                 "majority vote of the sampled labels" if mode == "mc" else "argmax of the probabilities")
-            meanings[f"{task.name}_entropy"] = "predictive entropy of the probabilities (nats)"
+            meanings[output_name(task.name, "entropy")] = "predictive entropy of the probabilities (nats)"
             continue
         output = serving.physical_outputs.get(task.name)
         unit = output.describe() if output is not None else f"{task.name} in the network's unit (unbounded)"
-        meanings[f"{task.name}_mean"] = f"value {passes}: {unit}"
-        meanings[f"{task.name}_std"] = (
+        meanings[output_name(task.name, "mean")] = f"value {passes}: {unit}"
+        meanings[output_name(task.name, "std")] = (
             f"standard deviation {passes} in the same unit" if mode == "mc" else "zero (deterministic)")
     return meanings
 

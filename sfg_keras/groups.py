@@ -3,7 +3,7 @@
 Every array over groups is ordered `(task_1, ..., task_T, shared)`: with `T` tasks, group `T` is the shared group.
 This module holds the few names and rules that the layers, models, inference, export, configuration and analysis
 must agree on: the shared group's name, the grouping modes, the default initial probabilities, the MAP and
-majority-vote tie-breaks, predictive entropy and the keys of a prediction.
+majority-vote tie-breaks and predictive entropy (a prediction's keys are in `sfg_keras.predictions`).
 
 It imports numpy only (no TensorFlow, no Keras), so configuration and analysis code can use it anywhere. The
 array functions take an `xp` argument: `numpy` (the default) or `keras.ops`, so graph code (layers, exported
@@ -35,33 +35,7 @@ GROUPINGS = ("learned", "constant_p", "constant_mask", "hard_sharing", "single_t
 DEFAULT_SHARED_PROBABILITY = 0.6
 """The shared group's initial probability in `default_p0` (the paper's `[0.2, 0.6, 0.2]`)."""
 
-PREDICTION_KEYS = {"regression": ("mean", "std"), "categorical": ("probabilities", "label", "entropy")}
-"""The keys of one task's prediction, for every inference mode and export signature, by task kind.
-
-Regression: `mean` and `std` (the standard deviation over sampled architectures; zeros for a deterministic mode).
-Categorical (classification and segmentation): `probabilities` (softmax, averaged over sampled architectures),
-`label` (argmax, or the majority vote of the sampled architectures' argmax) and `entropy` (predictive entropy of
-`probabilities`, nats).
-"""
-
 _ENTROPY_FLOOR = 1e-12
-
-
-def prediction_kind(categorical: bool) -> str:
-    """The key of `PREDICTION_KEYS` for a task: `"categorical"` or `"regression"`.
-
-    Args:
-        categorical: bool. Whether the task predicts classes (classification or segmentation).
-
-    Returns:
-        `"categorical"` or `"regression"`.
-
-    Example:
-
-    >>> PREDICTION_KEYS[prediction_kind(True)]
-    ('probabilities', 'label', 'entropy')
-    """
-    return "categorical" if categorical else "regression"
 
 
 def group_names(task_names: Sequence[str], num_groups: int | None = None) -> list[str]:

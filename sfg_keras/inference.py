@@ -14,7 +14,7 @@ Three inference modes, one entry point `predict(model, x, mode=...)`:
   the Monte-Carlo mean without its cost; use it while `p` is still far from one-hot (short runs, the `fast`
   recipe's soft samples), where the MAP network was never trained as such.
 
-Every mode returns the same keys per task (`sfg_keras.groups.PREDICTION_KEYS`):
+Every mode returns the same keys per task (`sfg_keras.predictions.PREDICTION_KEYS`):
 
 * regression: `mean` and `std` (Monte-Carlo: mean and population standard deviation over the passes;
   deterministic modes: the pass itself and zeros);
@@ -45,9 +45,10 @@ import tensorflow as tf
 from keras import ops
 
 from sfg_keras.compact import compact_map_model
-from sfg_keras.groups import PREDICTION_KEYS, entropy, majority_vote, prediction_kind
+from sfg_keras.groups import entropy, majority_vote
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
+from sfg_keras.predictions import PREDICTION_KEYS, prediction_kind
 
 MODES = ("mc", "map", "expected")
 """The inference modes of `predict`: Monte-Carlo, MAP architecture, expected network."""
@@ -153,7 +154,7 @@ def single_pass_predictions(tasks, outputs: dict) -> dict[str, dict[str, tf.Tens
             `model(x, training=False)` or of a compact MAP model.
 
     Returns:
-        `{task_name: {key: tensor}}` with the keys of `sfg_keras.groups.PREDICTION_KEYS`.
+        `{task_name: {key: tensor}}` with the keys of `sfg_keras.predictions.PREDICTION_KEYS`.
 
     Example:
 
@@ -270,7 +271,7 @@ def prediction_outputs(model: SFGNetwork, x, mode: str = "mc", num_samples: int 
         num_samples: int. Sampled architectures of `"mc"`. Defaults to 50.
 
     Returns:
-        `{task: {key: tensor}}` with the keys of `sfg_keras.groups.PREDICTION_KEYS`.
+        `{task: {key: tensor}}` with the keys of `sfg_keras.predictions.PREDICTION_KEYS`.
 
     Example:
 
@@ -331,7 +332,7 @@ def predict(
 
     Returns:
         `{task: {"mean", "std"}}` for regression and `{task: {"probabilities", "label", "entropy"}}` for
-        classification and segmentation (`sfg_keras.groups.PREDICTION_KEYS`): numpy arrays with the inputs'
+        classification and segmentation (`sfg_keras.predictions.PREDICTION_KEYS`): numpy arrays with the inputs'
         leading dimension, `label` int64, the rest float32. Deterministic modes give `std = 0`.
 
     Raises:

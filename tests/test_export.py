@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sfg_keras.export import export_model, next_version, serving_request_examples, signature_outputs
-from sfg_keras.groups import PREDICTION_KEYS
 from sfg_keras.inference import expected_predict, map_outputs, mc_predict, predict
 from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
+from sfg_keras.predictions import PREDICTION_KEYS
 
 TASKS = [TaskHead("age", "regression", 1), TaskHead("gender", "classification", 3)]
 NUM_SAMPLES = 40

@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from sfg_keras import groups
+from sfg_keras import groups, predictions
 
 
 def test_module_imports_without_tensorflow_or_keras():
     code = (
-        "import sys, sfg_keras.groups, sfg_keras.config, sfg_keras.analysis; "
+        "import sys, sfg_keras.groups, sfg_keras.predictions, sfg_keras.config, sfg_keras.analysis; "
         "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -83,8 +83,12 @@ def test_rules_agree_between_numpy_and_keras_ops():
 
 
 def test_prediction_keys():
-    assert groups.PREDICTION_KEYS == {
+    assert predictions.PREDICTION_KEYS == {
         "regression": ("mean", "std"),
         "categorical": ("probabilities", "label", "entropy"),
     }
-    assert groups.prediction_kind(True) == "categorical" and groups.prediction_kind(False) == "regression"
+    assert predictions.prediction_kind(True) == "categorical" and predictions.prediction_kind(False) == "regression"
+    assert predictions.output_names([("ct", False), ("organs", True)]) == [
+        "ct_mean", "ct_std", "organs_probabilities", "organs_label", "organs_entropy"]
+    with pytest.raises(ValueError, match="task=''"):
+        predictions.output_name("", "mean")

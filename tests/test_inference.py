@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sfg_keras.groups import PREDICTION_KEYS
 from sfg_keras.inference import (
     MODES,
     deterministic_predict,
@@ -19,6 +18,7 @@ from sfg_keras.inference import (
     stochastic_pass,
 )
 from sfg_keras.models import NetworkOptions, TaskHead, sfg_small_cnn
+from sfg_keras.predictions import PREDICTION_KEYS
 
 _TASKS = [TaskHead("size", "regression", 1), TaskHead("side", "classification", 3)]
 _DENSE_TASKS = [TaskHead("ct", "regression", 1), TaskHead("organs", "segmentation", 3)]

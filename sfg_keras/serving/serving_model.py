@@ -9,7 +9,7 @@ fed a normalised tensor by mistake or return an unbounded value. Its call
 3. predicts in its mode: `mc` (Monte-Carlo aggregate of `num_samples` architectures), `map` or `expected` with an
    `SFGNetwork` (`sfg_keras.inference.prediction_outputs`), or one deterministic pass of any other Keras network
    with one output per task (the compact MAP network, `sfg_keras.compact`);
-4. flattens the prediction schema to `<task>_<key>` (`sfg_keras.groups.PREDICTION_KEYS`), lets the preprocessor map
+4. flattens the prediction schema to `<task>_<key>` (`sfg_keras.predictions.PREDICTION_KEYS`), lets the preprocessor map
    the outputs back (e.g. crop padding), and maps every regression output to its physical unit and range
    (`PhysicalOutput`: `<task>_mean` scaled, offset and clipped; `<task>_std` scaled).
 """
@@ -22,11 +22,11 @@ import keras
 import tensorflow as tf
 
 from sfg_keras.compact import model_input_shape
-from sfg_keras.groups import PREDICTION_KEYS, prediction_kind
 from sfg_keras.inference import MODES, prediction_outputs, single_pass_predictions
 from sfg_keras.models.sfg_network import SFGNetwork
 from sfg_keras.models.task_head import TaskHead, as_task_heads
 from sfg_keras.physical_outputs import PhysicalOutput
+from sfg_keras.predictions import output_name, output_names
 from sfg_keras.serving.preprocessors import ServingPreprocessor
 from sfg_keras.serving.request_checks import check_request, request_shape_text
 
@@ -55,7 +55,7 @@ class ServingModel(keras.Model):
         mode: optional override of `mode` for this call (SFG networks only).
 
     Returns:
-        `{<task>_<key>: tensor}` with the keys of `sfg_keras.groups.PREDICTION_KEYS`: regression `<task>_mean` and
+        `{<task>_<key>: tensor}` with the keys of `sfg_keras.predictions.PREDICTION_KEYS`: regression `<task>_mean` and
         `<task>_std` in the physical unit, categorical `<task>_probabilities`, `<task>_label` and `<task>_entropy`.
 
     Example:
@@ -139,8 +139,7 @@ class ServingModel(keras.Model):
 
     def served_output_names(self) -> list[str]:
         """The output names, `<task>_<key>`, in order."""
-        kinds = {task.name: prediction_kind(task.is_categorical) for task in self._tasks}
-        return [f"{name}_{key}" for name, kind in kinds.items() for key in PREDICTION_KEYS[kind]]
+        return output_names((task.name, task.is_categorical) for task in self._tasks)
 
     def describe_request(self) -> str:
         """The expected request, e.g. `"images [N, d1, d2, 1] float32: ..."`."""
@@ -170,7 +169,9 @@ class ServingModel(keras.Model):
         )
         inputs = self.preprocessor(images) if self.preprocessor is not None else images
         predictions = self.predict_network(inputs, mode)
-        outputs = {f"{task}_{key}": value for task, values in predictions.items() for key, value in values.items()}
+        outputs = {
+            output_name(task, key): value for task, values in predictions.items() for key, value in values.items()
+        }
         if self.preprocessor is not None:
             outputs = self.preprocessor.postprocess(outputs, images)
         for output in self._physical:
