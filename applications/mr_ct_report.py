@@ -42,7 +42,7 @@ def subject_figure(subject: str, files: Mapping[str, str], label_names: Sequence
     ```
     """
     panels = [(name, path) for name, path in files.items() if path]
-    figure = plots._new_figure((3.0 * len(panels), 3.4))
+    figure = plots.new_figure((3.0 * len(panels), 3.4))
     figure.suptitle(subject)
     classes = max(2, len(label_names))
     label_colors = matplotlib.colors.ListedColormap(

@@ -131,7 +131,7 @@ def plot_curves(train: dict, validation: dict, keys: Sequence[str], title: str) 
     """Small multiples of training (line: interval means) and validation (markers) scalars, one panel per key."""
     columns = min(3, max(1, len(keys)))
     rows = int(np.ceil(len(keys) / columns))
-    figure = plots._new_figure((4.0 * columns, 2.6 * rows))
+    figure = plots.new_figure((4.0 * columns, 2.6 * rows))
     figure.suptitle(title)
     for index, key in enumerate(keys):
         axes = figure.add_subplot(rows, columns, index + 1)

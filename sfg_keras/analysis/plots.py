@@ -85,12 +85,21 @@ def group_colors(num_groups: int) -> list[str]:
     return [*colors, SHARED_COLOR]
 
 
-def _new_figure(figsize: tuple[float, float], margins: dict | None = None) -> Figure:
+def new_figure(figsize: tuple[float, float], margins: dict | None = None) -> Figure:
     """A pyplot-free figure with an Agg canvas: constrained layout, or fixed `margins` (`subplots_adjust` keywords).
 
     Ternary axes use fixed margins (and a fixed title position): constrained layout and mpltern's automatic title
     placement ask for the tight bounding box of every tick label, which made one ternary figure cost about 10 times
-    as much to render (the TensorBoard images are drawn during training)."""
+    as much to render (the TensorBoard images are drawn during training).
+
+    Example:
+
+    ```python
+    figure = new_figure((4.0, 3.0))
+    figure.add_subplot().plot([0, 1], [1, 0])
+    figure.savefig("line.png")
+    ```
+    """
     figure = Figure(figsize=figsize, layout=None if margins else "constrained")
     FigureCanvasAgg(figure)
     if margins:
@@ -166,7 +175,7 @@ def plot_group_shares(
     shares = np.stack([group_shares(array) for array in layers.values()])  # [L, T + 1]
     colors = group_colors(len(names))
     width = min(max(4.5, 1.1 + 0.75 * len(layer_names)), 24.0)
-    figure = _new_figure((width + 1.6, 4.2))
+    figure = new_figure((width + 1.6, 4.2))
     axes = figure.add_subplot()
     positions = np.arange(len(layer_names))
     bottoms = np.zeros(len(layer_names))
@@ -304,7 +313,7 @@ def plot_ternary_density(
     array = validate_probabilities(p)
     names = _check_two_tasks(array, task_names, "`plot_ternary_density`")
     points, triangles, density = simplex_density(array, bins=bins, bandwidth=bandwidth)
-    figure = _new_figure((6.2, 5.4), margins=_TERNARY_MARGINS)
+    figure = new_figure((6.2, 5.4), margins=_TERNARY_MARGINS)
     axes = _ternary_axes(figure, names)
     mesh = axes.tripcolor(*_to_tlr(points), density, triangles=triangles, shading="gouraud", cmap=DENSITY_CMAP,
                           rasterized=True)
@@ -352,7 +361,7 @@ def plot_group_share_image(
     map_probability = array[np.arange(array.shape[0]), assignment]
     order = np.lexsort((-map_probability, assignment))
     counts = np.bincount(assignment, minlength=len(names))
-    figure = _new_figure((min(max(5.0, 2.5 + 0.02 * array.shape[0]), 14.0), 1.6 + 0.45 * len(names)))
+    figure = new_figure((min(max(5.0, 2.5 + 0.02 * array.shape[0]), 14.0), 1.6 + 0.45 * len(names)))
     axes = figure.add_subplot()
     image = axes.imshow(array[order].T, aspect="auto", interpolation="nearest", cmap=PROBABILITY_CMAP, vmin=0.0,
                         vmax=1.0, extent=(-0.5, array.shape[0] - 0.5, len(names) - 0.5, -0.5))
@@ -426,7 +435,7 @@ def plot_trajectories(
     colors = group_colors(len(names))
     means = history_array.mean(axis=1)
     lower, upper = np.percentile(history_array, [10.0, 90.0], axis=1)
-    figure = _new_figure((7.5, 4.2))
+    figure = new_figure((7.5, 4.2))
     axes = figure.add_subplot()
     marker = "o" if len(steps_array) <= 25 else None
     for group_index, (name, color) in enumerate(zip(names, colors)):
@@ -486,7 +495,7 @@ def plot_ternary_trajectories(
     """
     steps_array, history_array = _validate_history(steps, history, layer_name)
     names = _check_two_tasks(history_array, task_names, "`plot_ternary_trajectories`")
-    figure = _new_figure((6.2, 5.4), margins=_TERNARY_MARGINS)
+    figure = new_figure((6.2, 5.4), margins=_TERNARY_MARGINS)
     axes = _ternary_axes(figure, names)
     norm = matplotlib.colors.Normalize(vmin=steps_array.min(), vmax=max(steps_array.max(), steps_array.min() + 1e-12))
     plane = axes.transProjection.transform(np.stack(_to_tlr(history_array), axis=-1).reshape(-1, 3))
