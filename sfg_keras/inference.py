@@ -48,9 +48,9 @@ from sfg_keras.compact import compact_map_model
 from sfg_keras.groups import entropy, majority_vote
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
-from sfg_keras.predictions import PREDICTION_KEYS, prediction_kind
+from sfg_keras.predictions import INFERENCE_MODES, PREDICTION_KEYS, prediction_kind
 
-MODES = ("mc", "map", "expected")
+MODES = INFERENCE_MODES
 """The inference modes of `predict`: Monte-Carlo, MAP architecture, expected network."""
 
 # Compiled inference functions per model, reused across calls (tracing a deep network costs seconds). Keyed weakly

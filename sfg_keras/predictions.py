@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+INFERENCE_MODES = ("mc", "map", "expected")
+"""How a prediction is made: Monte-Carlo over sampled architectures, the MAP network, or the expected network."""
+
 REGRESSION = "regression"
 """The prediction kind of a regression task (`mean`, `std`)."""
 

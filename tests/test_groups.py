@@ -92,3 +92,27 @@ def test_prediction_keys():
         "ct_mean", "ct_std", "organs_probabilities", "organs_label", "organs_entropy"]
     with pytest.raises(ValueError, match="task=''"):
         predictions.output_name("", "mean")
+
+
+def test_vocabulary_is_the_one_every_consumer_reads():
+    """The schema's choices, the architectures' names and the layers' checks all come from `sfg_keras.groups`."""
+    from sfg_keras.config import schema
+    from sfg_keras.layers import SFGConv
+    from sfg_keras.models import ARCHITECTURES, NetworkOptions
+
+    assert tuple(ARCHITECTURES) == groups.NETWORK_NAMES == schema.BUILT_IN_NETWORKS
+    assert all(builder.__name__ == name for name, builder in ARCHITECTURES.items())
+    sfg_keys = schema.SFG_SCHEMA
+    assert sfg_keys["merge"].choices is groups.MERGE_MODES
+    assert sfg_keys["sampling"].choices is groups.SAMPLING_MODES
+    assert sfg_keys["grouping_step"].choices is groups.GROUPING_STEPS
+    assert sfg_keys["init"].choices is groups.INIT_MODES
+    assert sfg_keys["grouping"].choices is groups.GROUPINGS
+    cases = [("merge", "max", groups.MERGE_MODES), ("sampling", "per_pixel", groups.SAMPLING_MODES)]
+    for field, value, choices in cases:
+        message = f"`{field}` must be one of {choices}. Received: {field}={value!r}"
+        with pytest.raises(ValueError) as options_error:
+            NetworkOptions(**{field: value})
+        with pytest.raises(ValueError) as layer_error:
+            SFGConv(4, 3, **{field: value})
+        assert str(options_error.value) == str(layer_error.value) == message

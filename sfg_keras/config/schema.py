@@ -16,7 +16,16 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sfg_keras.groups import GROUPINGS
+from sfg_keras.groups import (
+    GROUPING_STEPS,
+    GROUPINGS,
+    INFERENCE_STATISTICS,
+    INIT_MODES,
+    MERGE_MODES,
+    NETWORK_NAMES,
+    SAMPLING_MODES,
+)
+from sfg_keras.predictions import INFERENCE_MODES
 from sfg_keras.recipes import DEFAULT_RECIPE, RECIPES
 
 SCALAR_KINDS = ("int", "float", "bool", "str", "choice", "path")
@@ -377,7 +386,7 @@ SYSTEM_SCHEMA = section_schema(
     "SYSTEM",
 )
 
-BUILT_IN_NETWORKS = ("sfg_vgg11", "sfg_highresnet", "sfg_small_cnn")
+BUILT_IN_NETWORKS = NETWORK_NAMES  # the architectures `sfg_keras.models.ARCHITECTURES` builds
 
 NETWORK_SCHEMA = section_schema(
     [
@@ -385,7 +394,7 @@ NETWORK_SCHEMA = section_schema(
             "name",
             "str",
             "sfg_vgg11",
-            "Network: sfg_vgg11, sfg_highresnet, sfg_small_cnn, or a dotted path to a builder callable.",
+            f"Network: {', '.join(NETWORK_NAMES)}, or a dotted path to a builder callable.",
         ),
         K(
             "width_multiplier",
@@ -408,7 +417,7 @@ NETWORK_SCHEMA = section_schema(
             "choice",
             "batch",
             "Statistics batch norm uses at inference: the test batch's (paper) or the moving averages.",
-            choices=("batch", "moving"),
+            choices=INFERENCE_STATISTICS,
         ),
         K(
             "weight_initializer",
@@ -583,7 +592,7 @@ INFERENCE_SCHEMA = section_schema(
             "mc",
             "Monte-Carlo sampled architectures (mc), the deterministic MAP architecture (map), or the deterministic "
             "expected network that training averages over (expected).",
-            choices=("mc", "map", "expected"),
+            choices=INFERENCE_MODES,
         ),
         K(
             "dataset_to_infer",
@@ -726,7 +735,7 @@ SFG_SCHEMA = section_schema(
             "choice",
             "constant",
             "Initial p per kernel: p0 for all, random (Dirichlet), or vertex (blocks in the proportions of p0).",
-            choices=("constant", "random", "vertex"),
+            choices=INIT_MODES,
         ),
         K("hard", "bool", True, "Straight-through one-hot assignments (False = relaxed samples as soft weights)."),
         K(
@@ -734,14 +743,14 @@ SFG_SCHEMA = section_schema(
             "choice",
             "per_example",
             "One architecture sample per example or one per batch.",
-            choices=("per_example", "per_batch"),
+            choices=SAMPLING_MODES,
         ),
         K(
             "merge",
             "choice",
             "sum",
             "How a task stream is merged with the shared stream: sum, or concat and 1x1 conv.",
-            choices=("sum", "concat"),
+            choices=MERGE_MODES,
         ),
         K(
             "grouping_lr_multiplier",
@@ -758,7 +767,7 @@ SFG_SCHEMA = section_schema(
             "raw",
             "Step of the grouping logits: raw (the gradient as it is, the paper) or normalized (each layer's logit "
             "gradient rescaled to unit root-mean-square at every step: p moves at a steady rate in every phase).",
-            choices=("raw", "normalized"),
+            choices=GROUPING_STEPS,
         ),
         K("tau0", "float", 1.0, "Initial Gumbel-softmax temperature.", minimum=0, exclusive_minimum=True),
         K("tau_decay", "float", 1e-5, "Rate r of the temperature schedule tau0 * exp(-r * step).", minimum=0),

@@ -1,9 +1,8 @@
 """Keras layers of sfg-keras: the SFG convolution and its companions (Keras, TensorFlow, TFP only)."""
 
-from sfg_keras.groups import default_p0
+from sfg_keras.groups import block_assignment, default_p0, initial_probabilities
 from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization
 from sfg_keras.layers.cross_stitch import CrossStitch
-from sfg_keras.layers.grouping import block_assignment, initial_probabilities
 from sfg_keras.layers.per_stream import PerStream
 from sfg_keras.layers.residual_block import ResidualBlock
 from sfg_keras.layers.sampling_scope import sampling_scope

@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from sfg_keras.groups import INFERENCE_STATISTICS, check_choice
 from sfg_keras.layers.sampling_scope import current_num_samples
-
-_INFERENCE_STATISTICS = ("batch", "moving")
 
 
 def batch_moments(x, num_samples: int = 1, axis: int = -1):
@@ -71,11 +70,7 @@ class BatchStatisticsNormalization(keras.layers.BatchNormalization):
 
     def __init__(self, inference_statistics: str = "batch", **kwargs):
         super().__init__(**kwargs)
-        if inference_statistics not in _INFERENCE_STATISTICS:
-            raise ValueError(
-                f"`inference_statistics` must be one of {_INFERENCE_STATISTICS}. "
-                f"Received: inference_statistics={inference_statistics!r}"
-            )
+        check_choice("inference_statistics", inference_statistics, INFERENCE_STATISTICS)
         self.inference_statistics = inference_statistics
 
     def call(self, inputs, training=None, mask=None):

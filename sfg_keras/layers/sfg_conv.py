@@ -11,13 +11,8 @@ from keras import ops
 
 from sfg_keras import groups
 from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization, batch_moments
-from sfg_keras.layers.grouping import INIT_MODES, initial_probabilities, inverse_softplus, validate_p0
 from sfg_keras.layers.sampling_scope import current_deterministic, current_num_samples, current_stochastic
 from sfg_keras.layers.stream_merge import merge_streams, projection_weights
-
-_SAMPLING = ("per_example", "per_batch")
-_MERGE = ("sum", "concat")
-_GROUPING_STEPS = ("raw", "normalized")
 
 
 @tf.custom_gradient
@@ -69,14 +64,10 @@ def _validate_arguments(
         raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={rank!r}")
     if padding not in ("same", "valid"):
         raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
-    if init_mode not in INIT_MODES:
-        raise ValueError(f"`init_mode` must be one of {INIT_MODES}. Received: init_mode={init_mode!r}")
-    if sampling not in _SAMPLING:
-        raise ValueError(f"`sampling` must be one of {_SAMPLING}. Received: sampling={sampling!r}")
-    if merge not in _MERGE:
-        raise ValueError(f"`merge` must be one of {_MERGE}. Received: merge={merge!r}")
-    if grouping_step not in _GROUPING_STEPS:
-        raise ValueError(f"`grouping_step` must be one of {_GROUPING_STEPS}. Received: grouping_step={grouping_step!r}")
+    groups.check_choice("init_mode", init_mode, groups.INIT_MODES)
+    groups.check_choice("sampling", sampling, groups.SAMPLING_MODES)
+    groups.check_choice("merge", merge, groups.MERGE_MODES)
+    groups.check_choice("grouping_step", grouping_step, groups.GROUPING_STEPS)
     if not grouping_lr_multiplier > 0:
         raise ValueError(
             f"`grouping_lr_multiplier` must be > 0. Received: grouping_lr_multiplier={grouping_lr_multiplier!r}"
@@ -246,7 +237,7 @@ class SFGConv(keras.layers.Layer):
         self.dilation_rate = _as_tuple(dilation_rate, rank, "dilation_rate")
         self.padding = padding
         p_init = groups.default_p0(num_tasks) if p_init is None else p_init
-        self.p_init = [float(v) for v in validate_p0(p_init, num_tasks)]
+        self.p_init = [float(v) for v in groups.validate_p0(p_init, num_tasks)]
         self.init_mode = init_mode
         self.learn_p = bool(learn_p)
         self.grouping_lr_multiplier = float(grouping_lr_multiplier)
@@ -275,7 +266,7 @@ class SFGConv(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         # Drawn once, so that an unbuilt layer reports the probabilities its build will start from.
-        self._initial_probabilities = initial_probabilities(filters, self.p_init, init_mode, seed=seed)
+        self._initial_probabilities = groups.initial_probabilities(filters, self.p_init, init_mode, seed=seed)
         if self.is_fixed:
             self.active_groups = sorted(set(self.fixed_assignment))
         else:
@@ -404,7 +395,7 @@ class SFGConv(keras.layers.Layer):
                 name="grouping_logits",
                 shape=(self.filters, self.num_groups),
                 initializer=keras.initializers.Constant(
-                    (inverse_softplus(probs) / self.grouping_lr_multiplier).astype("float32")
+                    (groups.inverse_softplus(probs) / self.grouping_lr_multiplier).astype("float32")
                 ),
                 trainable=self.learn_p,
                 autocast=False,

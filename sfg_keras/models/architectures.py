@@ -1,7 +1,7 @@
 """The paper's SFG networks (supplementary section 2) and a small CNN for demos, for any number of tasks.
 
 Every builder takes the task list and one `NetworkOptions` (width multiplier, `grouping` - SFG or a baseline, see
-`sfg_keras.models.grouping_modes` - and the SFG layers' arguments) and returns an `SFGNetwork`. `build_network`
+`sfg_keras.groups.sfg_conv_options` - and the SFG layers' arguments) and returns an `SFGNetwork`. `build_network`
 builds one by name (`ARCHITECTURES`) or from any builder with the same signature.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 import keras
 
 from sfg_keras.config.errors import closest_match
+from sfg_keras.groups import NETWORK_NAMES, check_grouping, single_task_assignment
 from sfg_keras.layers.cross_stitch import CrossStitch
 from sfg_keras.layers.per_stream import PerStream
 from sfg_keras.layers.residual_block import ResidualBlock
 from sfg_keras.layers.sfg_conv import SFGConv
-from sfg_keras.models.grouping_modes import check_grouping, single_task_assignment
 from sfg_keras.models.options import NetworkOptions
 from sfg_keras.models.sfg_network import SFGNetwork
 from sfg_keras.models.task_head import TaskHead, as_task_heads, make_head
@@ -183,11 +183,10 @@ def sfg_small_cnn(
     return builder.network(tasks, dense=dense, name=name)
 
 
-ARCHITECTURES: dict[str, Callable[..., SFGNetwork]] = {
-    "sfg_vgg11": sfg_vgg11,
-    "sfg_highresnet": sfg_highresnet,
-    "sfg_small_cnn": sfg_small_cnn,
-}
+# Keyed by the names the config accepts (`sfg_keras.groups.NETWORK_NAMES`), in their order.
+ARCHITECTURES: dict[str, Callable[..., SFGNetwork]] = dict(
+    zip(NETWORK_NAMES, (sfg_vgg11, sfg_highresnet, sfg_small_cnn), strict=True)
+)
 
 
 def build_network(

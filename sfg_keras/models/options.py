@@ -9,12 +9,18 @@ from typing import Any
 
 import keras
 
-from sfg_keras.groups import GROUPINGS
-from sfg_keras.layers.batch_statistics_normalization import _INFERENCE_STATISTICS
-from sfg_keras.layers.grouping import INIT_MODES, validate_p0
-from sfg_keras.layers.sfg_conv import _GROUPING_STEPS, _MERGE, _SAMPLING
+from sfg_keras.groups import (
+    GROUPING_STEPS,
+    GROUPINGS,
+    INFERENCE_STATISTICS,
+    INIT_MODES,
+    MERGE_MODES,
+    SAMPLING_MODES,
+    check_choice,
+    sfg_conv_options,
+    validate_p0,
+)
 from sfg_keras.layers.temperature_schedule import TemperatureSchedule
-from sfg_keras.models.grouping_modes import sfg_conv_options
 from sfg_keras.recipes import DEFAULT_RECIPE, recipe_p0, recipe_values
 
 # `[NETWORK] activation_function` choices that Keras spells differently.
@@ -53,11 +59,6 @@ def _default_schedule() -> TemperatureSchedule:
     return _schedule(_DEFAULTS, max_iter=None)
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
-
-
 def _check_number(name: str, value: Any, minimum: float, inclusive: bool) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not (value >= minimum if inclusive else value > minimum):
@@ -82,7 +83,7 @@ class NetworkOptions:
     Args:
         width_multiplier: float > 0. Multiplies every width of the architecture. Defaults to 1.0.
         grouping: str. `"learned"` (SFG) or a baseline: `"constant_p"`, `"constant_mask"`, `"hard_sharing"`,
-            `"single_task"`, `"cross_stitch"` (see `sfg_keras.models.grouping_modes`). Defaults to `"learned"`.
+            `"single_task"`, `"cross_stitch"` (see `sfg_keras.groups.sfg_conv_options`). Defaults to `"learned"`.
         p_init: initial grouping probabilities `(task_1, ..., task_T, shared)` of `learned` layers, positive and
             summing to 1, or None for the default recipe's (uniform over the `T + 1` groups). Defaults to None.
         init_mode: str. Initial `p` per kernel: `"constant"`, `"random"` or `"vertex"`. Defaults to `"constant"`.
@@ -132,7 +133,7 @@ class NetworkOptions:
 
     def __post_init__(self) -> None:
         _check_number("width_multiplier", self.width_multiplier, 0, inclusive=False)
-        _check_choice("grouping", self.grouping, GROUPINGS)
+        check_choice("grouping", self.grouping, GROUPINGS)
         if self.p_init is not None:
             if isinstance(self.p_init, str) or not isinstance(self.p_init, Sequence) or len(self.p_init) < 2:
                 raise ValueError(
@@ -141,11 +142,11 @@ class NetworkOptions:
                 )
             validate_p0(self.p_init, len(self.p_init) - 1, name="p_init")
             object.__setattr__(self, "p_init", tuple(float(v) for v in self.p_init))
-        _check_choice("init_mode", self.init_mode, INIT_MODES)
+        check_choice("init_mode", self.init_mode, INIT_MODES)
         if not isinstance(self.hard, bool):
             raise ValueError(f"`hard` must be a bool. Received: hard={self.hard!r}")
-        _check_choice("sampling", self.sampling, _SAMPLING)
-        _check_choice("merge", self.merge, _MERGE)
+        check_choice("sampling", self.sampling, SAMPLING_MODES)
+        check_choice("merge", self.merge, MERGE_MODES)
         if self.activation != "prelu":
             try:
                 keras.activations.get(self.activation)
@@ -153,7 +154,7 @@ class NetworkOptions:
                 raise ValueError(
                     f"`activation` must be 'prelu' or a Keras activation name. Received: activation={self.activation!r}"
                 ) from error
-        _check_choice("inference_statistics", self.inference_statistics, _INFERENCE_STATISTICS)
+        check_choice("inference_statistics", self.inference_statistics, INFERENCE_STATISTICS)
         _check_number("kernel_l2", self.kernel_l2, 0, inclusive=True)
         _check_number("entropy_weight", self.entropy_weight, 0, inclusive=True)
         if not isinstance(self.temperature_schedule, TemperatureSchedule):
@@ -164,7 +165,7 @@ class NetworkOptions:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ValueError(f"`seed` must be None or an int >= 0. Received: seed={self.seed!r}")
         _check_number("grouping_lr_multiplier", self.grouping_lr_multiplier, 0, inclusive=False)
-        _check_choice("grouping_step", self.grouping_step, _GROUPING_STEPS)
+        check_choice("grouping_step", self.grouping_step, GROUPING_STEPS)
         if self.rank not in (2, 3) or isinstance(self.rank, bool):
             raise ValueError(f"`rank` must be 2 (images) or 3 (volumes). Received: rank={self.rank!r}")
 
