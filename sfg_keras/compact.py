@@ -36,11 +36,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from sfg_keras.keras_adapter import build_shapes
 from sfg_keras.layers.batch_statistics_normalization import BatchStatisticsNormalization
 from sfg_keras.layers.cross_stitch import CrossStitch
 from sfg_keras.layers.per_stream import PerStream
 from sfg_keras.layers.residual_block import ResidualBlock
 from sfg_keras.layers.sfg_conv import SFGConv
+from sfg_keras.models.execution_plan import CROSS_STITCH, PER_STREAM, SFG
 from sfg_keras.models.sfg_network import SFGNetwork
 
 # Weightless layers that act on every channel on its own and are linear: they may be applied to each tensor of a
@@ -108,7 +110,7 @@ def model_input_shape(model: keras.Model) -> tuple[int | None, ...]:
     model_input_shape(model)   # (None, 64, 64, 3)
     ```
     """
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shapes = build_shapes(model)
     if len(shapes) != 1:
         raise ValueError(
             f"Cannot tell the input shape of model {model.name!r}: it is not built (or was built with several "
@@ -467,16 +469,18 @@ class _CompactBuilder:
     def build(self, input_shape, name: str) -> keras.Model:
         images = keras.Input(shape=input_shape[1:], name="images")
         current = _Stream(input_shape[-1], (_Piece(images, np.arange(input_shape[-1])),))
-        for layer in self.model.trunk:
-            if isinstance(layer, SFGConv):
+        # The network's own plan: the same reading of the trunk that its forward pass uses.
+        for step in self.model.execution_plan.steps:
+            layer = step.layer
+            if step.role == SFG:
                 current = self.sfg_conv(layer, current)
             elif isinstance(current, _Stream):
                 raise ValueError(
                     f"The trunk must start with an SFGConv; {layer.name!r} ({type(layer).__name__}) comes first."
                 )
-            elif isinstance(layer, PerStream):
+            elif step.role == PER_STREAM:
                 current = self.per_stream(layer, current)
-            elif isinstance(layer, CrossStitch):
+            elif step.role == CROSS_STITCH:
                 current = self.cross_stitch(layer, current)
             else:
                 raise ValueError(

@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from sfg_keras.compact import compact_map_model, model_input_shape
+from sfg_keras.keras_adapter import flatten_layers, seed_generators_of
 from sfg_keras.models.sfg_network import SFGNetwork
 from sfg_keras.physical_outputs import PhysicalOutput
 from sfg_keras.predictions import output_name, output_names
@@ -109,8 +110,8 @@ def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
     ```
     """
     generators, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", ()):
+    for layer in flatten_layers(model, include_self=True, recursive=True):
+        for generator in seed_generators_of(layer):
             if id(generator) not in seen:
                 seen.add(id(generator))
                 generators.append(generator)
@@ -396,6 +397,33 @@ def _json_writer(content: dict) -> Callable[[Path], None]:
     return write
 
 
+def _serving_models(
+    model: SFGNetwork, name: str, input_shape, include_compact: bool, preprocessor, physical_outputs, num_samples: int
+) -> tuple[ServingModel, ServingModel, ServingModel, ServingModel | None]:
+    """The `ServingModel`s of an export: Monte-Carlo, expected, MAP (the compact network when the translation
+    supports the model) and the compact one (None when not translated)."""
+    if preprocessor is not None and not isinstance(preprocessor, ServingPreprocessor):
+        raise ValueError(
+            "`preprocessor` must be a sfg_keras.serving.ServingPreprocessor layer (serialisable, so that the .keras "
+            f"files carry it) or None. Received: {type(preprocessor).__name__}"
+        )
+    request_shape = input_shape[1:] if preprocessor is None else preprocessor.request_shape
+    common = {"preprocessor": preprocessor, "physical_outputs": physical_outputs, "request_shape": request_shape,
+              "num_samples": num_samples}
+    full = ServingModel(model, mode="mc", name=f"{name}_serving", **common)
+    expected = ServingModel(model, mode="expected", name=f"{name}_serving_expected", **common)
+    try:
+        compact_network = compact_map_model(model, input_shape)
+    except ValueError:
+        if include_compact:
+            raise
+        compact_network = None
+    compact = None if compact_network is None else ServingModel(
+        compact_network, tasks=model.tasks, mode="map", name=f"{name}_compact_serving", **common)
+    mapped = compact if compact is not None else ServingModel(model, mode="map", name=f"{name}_serving_map", **common)
+    return full, expected, mapped, compact
+
+
 def export_model(
     model: SFGNetwork,
     export_dir: str | Path,
@@ -452,26 +480,10 @@ def export_model(
     targets, input_shape = _check_export_arguments(
         model, export_dir, name, version, num_samples, input_shape, include_compact, seed
     )
-    if preprocessor is not None and not isinstance(preprocessor, ServingPreprocessor):
-        raise ValueError(
-            "`preprocessor` must be a sfg_keras.serving.ServingPreprocessor layer (serialisable, so that the .keras "
-            f"files carry it) or None. Received: {type(preprocessor).__name__}"
-        )
-    request_shape = input_shape[1:] if preprocessor is None else preprocessor.request_shape
-    common = {"preprocessor": preprocessor, "physical_outputs": physical_outputs, "request_shape": request_shape,
-              "num_samples": num_samples}
     # Everything is translated and traced before the first file is written.
-    full = ServingModel(model, mode="mc", name=f"{name}_serving", **common)
-    expected = ServingModel(model, mode="expected", name=f"{name}_serving_expected", **common)
-    try:
-        compact_network = compact_map_model(model, input_shape)
-    except ValueError:
-        if include_compact:
-            raise
-        compact_network = None
-    compact = None if compact_network is None else ServingModel(
-        compact_network, tasks=model.tasks, mode="map", name=f"{name}_compact_serving", **common)
-    mapped = compact if compact is not None else ServingModel(model, mode="map", name=f"{name}_serving_map", **common)
+    full, expected, mapped, compact = _serving_models(
+        model, name, input_shape, include_compact, preprocessor, physical_outputs, num_samples
+    )
     generators = seed_generators(model)
     reseed = {} if seed is not None else {DEFAULT_SIGNATURE: lambda: _reseed_non_deterministically(generators)}
     servings = {DEFAULT_SIGNATURE: full, MAP_SIGNATURE: mapped, EXPECTED_SIGNATURE: expected}

@@ -46,6 +46,7 @@ from keras import ops
 
 from sfg_keras.compact import compact_map_model
 from sfg_keras.groups import entropy, majority_vote
+from sfg_keras.keras_adapter import flatten_layers
 from sfg_keras.layers.sampling_scope import sampling_scope
 from sfg_keras.models.sfg_network import SFGNetwork
 from sfg_keras.predictions import INFERENCE_MODES, PREDICTION_KEYS, prediction_kind
@@ -92,7 +93,7 @@ def _compact_map_function(model: SFGNetwork) -> Callable | None:
     translation does not support (then the SFG network's own MAP pass is used; the values are the same)."""
     # Batch-norm layers decide at build time between batch and moving statistics (the driver may switch them).
     statistics = tuple(
-        getattr(layer, "inference_statistics", None) for layer in model._flatten_layers(include_self=False)
+        getattr(layer, "inference_statistics", None) for layer in flatten_layers(model, include_self=False)
     )
     state = (getattr(model, "plan_version", 0), weights_digest(model), statistics)
     cached = _COMPACT.get(model)

@@ -65,12 +65,12 @@ def test_committed_network_runs_packed_and_equals_dense(num_tasks):
     model = _learned(num_tasks)
     before = {layer.name: layer.map_assignment() for layer in model.sfg_layers}
     assert any(np.any(np.diff(a) < 0) for a in before.values())  # not block-ordered: the gathers are exercised
-    assert model._packed_plan() is None
+    assert not model.execution_plan.packed
     committed = model.commit()
     for layer in model.sfg_layers:
         np.testing.assert_array_equal(committed[layer.name], before[layer.name])
-        assert layer.is_committed and not layer.samples and not layer.learns_p and layer.packable
-    assert model._packed_plan() is not None
+        assert layer.is_committed and not layer.samples and not layer.learns_p and layer.packable(None)
+    assert model.execution_plan.packed
     x = _images()
     moving = [np.array(v) for v in model.non_trainable_variables]
     packed = _step(model, x, True, moving)
@@ -122,7 +122,7 @@ def test_fit_commits_at_the_step_and_trains_the_committed_network(tmp_path):
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 2 steps: still searching
     assert not model.committed and model.optimizer.iterations.numpy() == 2
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # step 3 searches, step 4 is committed
-    assert model.committed and model._packed_plan() is not None
+    assert model.committed and model.execution_plan.packed
     logits = [np.array(layer.grouping_logits) for layer in model.sfg_layers]
     kernels = [np.array(layer.kernel) for layer in model.sfg_layers]
     slots = len(model.optimizer.variables)
@@ -139,7 +139,7 @@ def test_fit_commits_at_the_step_and_trains_the_committed_network(tmp_path):
     path = tmp_path / "committed.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert loaded.committed and loaded._packed_plan() is not None
+    assert loaded.committed and loaded.execution_plan.packed
     assert len(loaded.optimizer.variables) == slots
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))

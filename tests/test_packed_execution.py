@@ -60,7 +60,7 @@ def _build(grouping, num_tasks, builder=sfg_small_cnn, size=8, widths=None, **kw
 @pytest.mark.parametrize("grouping", FIXED)
 def test_packed_training_step_equals_dense(grouping, num_tasks):
     model = _build(grouping, num_tasks, widths=(5, 7, 6))
-    assert model._packed_plan() is not None
+    assert model.execution_plan.packed
     x = _images()
     moving = [np.array(v) for v in model.non_trainable_variables]
     packed = _step(model, x, True, moving)
@@ -129,13 +129,52 @@ def test_packed_under_mixed_float16_matches_dense():
 
 
 def test_which_networks_run_packed():
-    assert _build("constant_mask", 2, builder=sfg_vgg11, size=32, width_multiplier=0.05)._packed_plan() is not None
-    assert _build("learned", 2, widths=(4, 6))._packed_plan() is None
-    assert _build("constant_p", 2, widths=(4, 6))._packed_plan() is None
+    assert _build("constant_mask", 2, builder=sfg_vgg11, size=32, width_multiplier=0.05).execution_plan.packed
+    assert _build("learned", 2, widths=(4, 6)).execution_plan.packed is False
+    assert _build("constant_p", 2, widths=(4, 6)).execution_plan.packed is False
     # Residual blocks have weights per stream: the dense formulation is kept.
-    assert _build("hard_sharing", 2, builder=sfg_highresnet, width_multiplier=0.125)._packed_plan() is None
+    assert _build("hard_sharing", 2, builder=sfg_highresnet, width_multiplier=0.125).execution_plan.packed is False
     concat = _build("constant_mask", 2, widths=(4, 6), merge="concat")
-    assert concat._packed_plan() is None
+    assert concat.execution_plan.packed is False
+
+
+def test_execution_plan_says_how_every_layer_runs():
+    fixed = _build("constant_mask", 2, widths=(6, 9))
+    plan = fixed.execution_plan
+    assert plan is fixed.execution_plan  # planned once
+    assert plan.packed and plan.assignment_kinds == {"sfg_conv_1": "fixed", "sfg_conv_2": "fixed"}
+    sfg_steps = [step for step in plan.steps if step.role == "sfg"]
+    assert sfg_steps[0].input_assignment is None  # the image
+    np.testing.assert_array_equal(sfg_steps[1].input_assignment, fixed.trunk[0].channel_assignment)
+    last = fixed.trunk[2].channel_assignment
+    for t, mask in enumerate(plan.head_masks):
+        np.testing.assert_array_equal(mask, ((last == t) | (last == 2)).astype("float32"))
+    assert plan.describe().splitlines()[-1] == "packed"
+    fixed.packed_execution = False
+    assert not fixed.execution_plan.packed and fixed.execution_plan.reason == "packed execution is switched off"
+
+    learned = _build("learned", 2, widths=(4, 6))
+    plan = learned.execution_plan
+    assert not plan.packed and plan.reason == "sfg_conv_1 samples its architecture"
+    assert set(plan.assignment_kinds.values()) == {"sampled"}
+    assert all(step.input_assignment is None for step in plan.steps)
+    version = learned.plan_version
+    learned.commit()
+    assert learned.plan_version == version + 1
+    assert learned.execution_plan.packed and set(learned.execution_plan.assignment_kinds.values()) == {"committed"}
+
+
+def test_every_trunk_layer_speaks_one_packed_interface():
+    model = _build("cross_stitch", 2, widths=(4, 6))
+    assignment = None
+    for step in model.execution_plan.steps:
+        assert step.layer.packable(step.input_assignment)
+        assignment = step.layer.packed_assignment(assignment)
+        assert step.role != "sfg" or np.array_equal(assignment, step.layer.channel_assignment)
+    first, pool, second = model.trunk[0], model.trunk[2], model.trunk[3]  # sfg_conv_1, cross_stitch_1, pool_1, ...
+    wrong_width = np.zeros(first.filters + 1, dtype="int32")
+    assert second.packable(first.channel_assignment) and not second.packable(wrong_width)
+    assert not pool.packable(None)  # a stream transform needs packed streams, not the image
 
 
 def test_mc_predict_of_a_fixed_network_is_one_pass_and_exact():

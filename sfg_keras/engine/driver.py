@@ -46,6 +46,7 @@ from sfg_keras.engine.provenance import INFERENCE_RECORD_FILE, RunRecord, relati
 from sfg_keras.engine.run_record import check_resume, read_record, write_record
 from sfg_keras.io.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporary_files
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, bullet_list, files_fingerprint, fingerprint_changes
+from sfg_keras.keras_adapter import flatten_layers
 from sfg_keras.layers import BatchStatisticsNormalization
 from sfg_keras.losses import get_loss
 from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
@@ -309,7 +310,7 @@ class Driver:
         model = keras.models.load_model(path)
         iteration = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else checkpoint_step(path)
         # `[NETWORK] batch_norm` decides the inference statistics of this run, whatever the checkpoint was built with.
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in flatten_layers(model, include_self=False, recursive=True):
             if isinstance(layer, BatchStatisticsNormalization):
                 layer.inference_statistics = self.settings.network.batch_norm
         return model, iteration

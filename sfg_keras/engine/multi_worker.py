@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from sfg_keras.config import ConfigError
+from sfg_keras.keras_adapter import flatten_layers
 
 _EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}} '
             "(the same cluster on every worker, each with its own task index)")
@@ -280,7 +281,7 @@ class SyncMovingStatistics(keras.callbacks.Callback):
 
     def _variables(self) -> list:
         found = []
-        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+        for layer in flatten_layers(self.model, include_self=False, recursive=True):
             if isinstance(layer, keras.layers.BatchNormalization):
                 found.extend(v for v in (layer.moving_mean, layer.moving_variance) if v is not None)
         return found

@@ -127,7 +127,7 @@ class CrossStitch(keras.layers.Layer):
             outputs = [self._place(y, i) for i, y in enumerate(outputs)]
         return tuple(outputs) + tuple(inputs[self.num_streams :])
 
-    def packable(self, input_assignment) -> bool:
+    def packable(self, input_assignment: np.ndarray | None = None) -> bool:
         """Whether the unit can mix packed streams (see `call_packed`) whose channels belong to `input_assignment`:
         its channel groups are the consecutive blocks of streams `0..num_streams-1` and no other stream exists."""
         if self.channel_groups is None or input_assignment is None:
@@ -138,7 +138,11 @@ class CrossStitch(keras.layers.Layer):
         )
         return blocks and np.array_equal(np.asarray(input_assignment), expected)
 
-    def call_packed(self, inputs):
+    def packed_assignment(self, input_assignment: np.ndarray | None = None) -> np.ndarray | None:
+        """The group of every packed output channel: the input's (the unit mixes blocks in place)."""
+        return input_assignment
+
+    def call_packed(self, inputs, input_assignment=None, training=None):
         """The unit on packed streams: the `num_streams` blocks side by side in one tensor (`SFGConv.call_packed`).
 
         Equal to `call` on the dense streams, without their zero channels. With blocks of equal width `w` the mix

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 
 def _without_sharing_ids(config):
@@ -94,14 +95,24 @@ class PerStream(keras.layers.Layer):
         """
         return tuple(self._stream_slots)
 
-    @property
-    def packable(self) -> bool:
-        """Whether the wrapped layer has no weights, so it can transform packed streams in one call."""
-        return self.built and bool(self.stream_layers) and not any(layer.weights for layer in self.stream_layers)
+    def packable(self, input_assignment: np.ndarray | None = None) -> bool:
+        """Whether the layer can transform packed streams whose channels belong to `input_assignment` in one call:
+        the wrapped layer has no weights (it acts on every channel alike) and the input is packed streams (not
+        None)."""
+        return (
+            input_assignment is not None
+            and self.built
+            and bool(self.stream_layers)
+            and not any(layer.weights for layer in self.stream_layers)
+        )
 
-    def call_packed(self, inputs, training=None):
+    def packed_assignment(self, input_assignment: np.ndarray | None = None) -> np.ndarray | None:
+        """The group of every packed output channel: the input's (the layer acts on every channel alike)."""
+        return input_assignment
+
+    def call_packed(self, inputs, input_assignment=None, training=None):
         """Applies the (weightless) wrapped layer once to packed streams (see `SFGConv.call_packed`)."""
-        if not self.packable:
+        if not self.packable(input_assignment):
             raise ValueError(f"{self.name}: only a built PerStream of a weightless layer can run on packed streams.")
         return self.stream_layers[0](inputs, training=training)
 

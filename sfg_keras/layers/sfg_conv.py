@@ -96,6 +96,19 @@ def _validated_assignment(
     return [int(v) for v in array]
 
 
+def _validated_assignments(fixed, committed, filters: int, num_tasks: int) -> tuple[list[int] | None, ...]:
+    """`(fixed_assignment, committed_assignment)` checked (`_validated_assignment`); at most one of them is set."""
+    if fixed is not None and committed is not None:
+        raise ValueError(
+            "`committed_assignment` is the frozen assignment of a learned layer; a layer with a "
+            f"`fixed_assignment` has none. Received: committed_assignment={list(committed)}"
+        )
+    return (
+        _validated_assignment(fixed, filters, num_tasks),
+        _validated_assignment(committed, filters, num_tasks, name="committed_assignment"),
+    )
+
+
 @keras.saving.register_keras_serializable(package="sfg")
 class SFGConv(keras.layers.Layer):
     """Stochastic Filter Group convolution (Bragman et al., ICCV 2019).
@@ -242,14 +255,8 @@ class SFGConv(keras.layers.Layer):
         self.learn_p = bool(learn_p)
         self.grouping_lr_multiplier = float(grouping_lr_multiplier)
         self.grouping_step = grouping_step
-        self.fixed_assignment = _validated_assignment(fixed_assignment, filters, num_tasks)
-        if fixed_assignment is not None and committed_assignment is not None:
-            raise ValueError(
-                "`committed_assignment` is the frozen assignment of a learned layer; a layer with a "
-                f"`fixed_assignment` has none. Received: committed_assignment={list(committed_assignment)}"
-            )
-        self.committed_assignment = _validated_assignment(
-            committed_assignment, filters, num_tasks, name="committed_assignment"
+        self.fixed_assignment, self.committed_assignment = _validated_assignments(
+            fixed_assignment, committed_assignment, filters, num_tasks
         )
         self._packing = None  # per-channel gather indices of the packed path, computed on first use
         self.hard = bool(hard)
@@ -735,11 +742,27 @@ class SFGConv(keras.layers.Layer):
 
     # === Packed execution of a fixed or committed assignment ===
 
-    @property
-    def packable(self) -> bool:
+    def packable(self, input_assignment: np.ndarray | None = None) -> bool:
         """Whether the layer can run on packed streams (`call_packed`): it does not sample (a fixed assignment, in any
-        kernel order, or a committed one) and merges streams by `"sum"`."""
-        return self.channel_assignment is not None and self.merge == "sum"
+        kernel order, or a committed one), merges streams by `"sum"`, and `input_assignment` (the group of every
+        packed input channel; None for the image) has one entry per input channel.
+
+        Example:
+
+        ```python
+        layer = SFGConv(8, 3, fixed_assignment=[0, 0, 1, 1, 2, 2, 2, 2])
+        layer.packable(None)  # True: a fixed assignment, summed merges
+        ```
+        """
+        if self.channel_assignment is None or self.merge != "sum":
+            return False
+        if input_assignment is None or not self.built:
+            return True
+        return self.kernel.shape[-2] == len(input_assignment)
+
+    def packed_assignment(self, input_assignment: np.ndarray | None = None) -> np.ndarray | None:
+        """The group of every channel of the packed output (`channel_assignment`), whatever the input's."""
+        return self.channel_assignment
 
     def _norm_channels(self, i: int) -> np.ndarray:
         """The output channels that group `active_groups[i]`'s norm and activation cover, in their order."""
@@ -787,10 +810,11 @@ class SFGConv(keras.layers.Layer):
         Returns:
             The packed output `[batch, *spatial, filters]` (channel `k` is kernel `k`'s output in its group).
         """
-        if not self.packable:
+        if not self.packable(input_assignment):
             raise ValueError(
                 f"{self.name}: packed execution needs an assignment that does not change (fixed, or committed with "
-                f"`commit()`) and merge='sum'. Received: a sampling layer or merge={self.merge!r}."
+                f"`commit()`), merge='sum' and one input group per input channel. Received: a sampling layer, "
+                f"merge={self.merge!r} or an input assignment of another width."
             )
         inputs = ops.cast(inputs, self.compute_dtype)
         kernel = ops.cast(self.kernel, self.compute_dtype)

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from sfg_keras.keras_adapter import flatten_layers
 from sfg_keras.layers.sfg_conv import SFGConv
 
 
@@ -313,7 +314,7 @@ def find_sfg_layers(model: keras.layers.Layer) -> list[SFGConv]:
         if isinstance(layer, SFGConv):
             found.append(layer)
             return
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in flatten_layers(layer, include_self=False, recursive=False):
             visit(child)
 
     visit(model)

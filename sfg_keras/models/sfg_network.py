@@ -10,11 +10,11 @@ import tensorflow as tf
 from keras import ops
 
 from sfg_keras import groups
-from sfg_keras.layers.cross_stitch import CrossStitch
-from sfg_keras.layers.per_stream import PerStream
+from sfg_keras.keras_adapter import loss_tracker, strategy_supports_no_merge_call
 from sfg_keras.layers.sfg_conv import SFGConv
 from sfg_keras.layers.stream_merge import StreamMerge
 from sfg_keras.layers.temperature_schedule import TemperatureSchedule, apply_temperature, find_sfg_layers
+from sfg_keras.models.execution_plan import SFG, ExecutionPlan
 from sfg_keras.models.task_head import TaskHead, as_task_heads
 
 
@@ -38,11 +38,12 @@ class SFGNetwork(keras.Model):
     first sets the Gumbel-softmax temperature of all SFG layers from the optimizer's step counter
     (`temperature_schedule`), so the schedule is exact per step, under XLA and under tf.distribute.
 
-    Packed execution: when no SFG layer samples (the baselines `hard_sharing`, `constant_mask`, `single_task`,
-    `cross_stitch`, or a learned network after `commit()`), merges are sums and the transforms between SFG layers
-    have no weights, the network runs on packed streams (`SFGConv.call_packed`): one tensor per layer instead of
-    `T + 1` mostly-zero ones, with the same values and gradients, at the cost of a plain network of the same width.
-    Set `packed_execution = False` to run the dense formulation (the reference).
+    Execution plan (`execution_plan`, `sfg_keras.models.ExecutionPlan`): which SFG layers sample, are fixed or are
+    committed, and whether the network runs packed. When no SFG layer samples (the baselines `hard_sharing`,
+    `constant_mask`, `single_task`, `cross_stitch`, or a learned network after `commit()`), merges are sums and the
+    transforms between SFG layers have no weights, the network runs on packed streams (`SFGConv.call_packed`): one
+    tensor per layer instead of `T + 1` mostly-zero ones, with the same values and gradients, at the cost of a plain
+    network of the same width. Set `packed_execution = False` to run the dense formulation (the reference).
 
     Search, then commit: `commit()` freezes every learned SFG layer to its MAP assignment; the rest of training
     trains that fixed-assignment network (packed, at hard-sharing cost), which is then the network MAP inference
@@ -107,8 +108,8 @@ class SFGNetwork(keras.Model):
         self.weight_term_tracker = keras.metrics.Mean(name="weight_term")
         self.entropy_term_tracker = keras.metrics.Mean(name="entropy_term")
         self.temperature_tracker = keras.metrics.Mean(name="temperature")
-        self.packed_execution = True
-        self._packed_masks = None
+        self._allow_packed = True
+        self._plan = None
         self.plan_version = 0
 
     # === Forward ===
@@ -119,59 +120,49 @@ class SFGNetwork(keras.Model):
         self.call(ops.zeros(shape, dtype=self.compute_dtype), training=False, stochastic=False)
         self.built = True
 
+    @property
+    def execution_plan(self) -> ExecutionPlan:
+        """How the network runs (`ExecutionPlan`): planned once the network is built, again after a commit or a
+        change of `packed_execution`."""
+        if self._plan is not None:
+            return self._plan
+        plan = ExecutionPlan.for_trunk(self.trunk, len(self.tasks), self.merge, allow_packed=self._allow_packed)
+        if self.built:
+            self._plan = plan
+        return plan
+
+    @property
+    def packed_execution(self) -> bool:
+        """Whether the network may run packed (default True); False runs the dense formulation (the reference)."""
+        return self._allow_packed
+
+    @packed_execution.setter
+    def packed_execution(self, value: bool) -> None:
+        self._allow_packed = bool(value)
+        self._plan = None
+
     def call(self, inputs, training=None, stochastic=None):
-        if self.packed_execution and self._packed_plan() is not None:
-            return self._call_packed(inputs, training)
+        plan = self.execution_plan
+        if plan.packed:
+            return self._call_packed(inputs, plan, training)
         x = inputs
-        for layer in self.trunk:
-            if isinstance(layer, SFGConv):
-                x = layer(x, training=training, stochastic=stochastic)
+        for step in plan.steps:
+            if step.role == SFG:
+                x = step.layer(x, training=training, stochastic=stochastic)
             else:
-                x = layer(x, training=training)
+                x = step.layer(x, training=training)
         features = self.stream_merge(x)
         return {
             task.name: head(feature, training=training)
             for task, head, feature in zip(self.tasks, self.head_layers, features)
         }
 
-    def _packed_plan(self) -> list | None:
-        """Per task the 0/1 channel mask of `merge(F_t, F_s)` on the packed output, or None if the network cannot
-        run packed (see the class docstring). Computed once the network is built."""
-        if self._packed_masks is not None:
-            return self._packed_masks or None
-        if not self.built:
-            return None
-        assignment, plan = None, []
-        for layer in self.trunk:
-            if isinstance(layer, SFGConv) and layer.packable and layer.built:
-                if assignment is not None and layer.kernel.shape[-2] != len(assignment):
-                    break
-                assignment = layer.channel_assignment
-                continue
-            channel_wise = isinstance(layer, PerStream) and layer.packable and assignment is not None
-            if not (channel_wise or (isinstance(layer, CrossStitch) and layer.packable(assignment))):
-                break
-        else:
-            shared = len(self.tasks)
-            if self.merge == "sum" and assignment is not None:
-                plan = [((assignment == t) | (assignment == shared)).astype("float32") for t in range(shared)]
-                if any(not mask.any() for mask in plan):
-                    plan = []
-        self._packed_masks = plan
-        return plan or None
-
-    def _call_packed(self, inputs, training):
-        x, assignment = inputs, None
-        for layer in self.trunk:
-            if isinstance(layer, SFGConv):
-                x = layer.call_packed(x, assignment, training=training)
-                assignment = layer.channel_assignment
-            elif isinstance(layer, PerStream):
-                x = layer.call_packed(x, training=training)
-            else:
-                x = layer.call_packed(x)
+    def _call_packed(self, inputs, plan: ExecutionPlan, training):
+        x = inputs
+        for step in plan.steps:
+            x = step.layer.call_packed(x, step.input_assignment, training=training)
         outputs = {}
-        for task, head, mask in zip(self.tasks, self.head_layers, self._packed_plan()):
+        for task, head, mask in zip(self.tasks, self.head_layers, plan.head_masks):
             feature = x if mask.all() else x * ops.cast(ops.convert_to_tensor(mask), x.dtype)
             outputs[task.name] = head(feature, training=training)
         return outputs
@@ -230,7 +221,7 @@ class SFGNetwork(keras.Model):
         for layer in self.sfg_layers:
             if not layer.is_fixed:
                 committed[layer.name] = layer.channel_assignment if layer.is_committed else layer.commit()
-        self._packed_masks = None
+        self._plan = None
         self.plan_version += 1
         if self.train_function is not None:
             self.make_train_function(force=True)
@@ -354,10 +345,10 @@ class SFGNetwork(keras.Model):
         before = [tf.identity(v.value) for v in updated]
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            self._loss_tracker.update_state(loss * ops.cast(replicas, loss.dtype), sample_weight=batch)
+            loss_tracker(self).update_state(loss * ops.cast(replicas, loss.dtype), sample_weight=batch)
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_weights
         gradients = tape.gradient(scaled, variables)
@@ -390,7 +381,7 @@ class SFGNetwork(keras.Model):
             self.optimizer.iterations.assign_add(1)
             return tf.constant(1.0)
 
-        if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+        if not tf.distribute.has_strategy() or strategy_supports_no_merge_call():
             return tf.cond(finite, apply, skip)
 
         # The optimizer synchronises the replicas with `merge_call`, which a `cond` in replica context cannot hold:
