@@ -6,12 +6,14 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
 from sfg_keras.config import (
     FIXED_SECTION_SCHEMAS,
     INPUT_SECTION_SCHEMA,
+    CompatibilityKeyWarning,
     ConfigError,
     InputSectionSettings,
     KeySpec,
@@ -108,6 +110,18 @@ def minimal_with(**sections):
     return MINIMAL_CONFIG + extra
 
 
+def compatibility_warnings(path, overrides=None, **kwargs):
+    """`(settings, messages)`: the settings of `path` and the `CompatibilityKeyWarning` messages loading it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        settings = load_settings(path, overrides, **kwargs)
+    return settings, [str(w.message) for w in caught if w.category is CompatibilityKeyWarning]
+
+
+# FULL_CONFIG sets four NiftyNet-compatibility keys (border, pixdim, axcodes, interp_order): each load warns.
+ignore_compatibility_keys = pytest.mark.filterwarnings("ignore::sfg_keras.config.CompatibilityKeyWarning")
+
+
 def load_error(tmp_path, text, overrides=None, **kwargs):
     path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -120,7 +134,13 @@ def load_error(tmp_path, text, overrides=None, **kwargs):
 
 def test_full_config_types_values_and_defaults(tmp_path):
     path = write_config(tmp_path, FULL_CONFIG)
-    settings = load_settings(path)
+    settings, messages = compatibility_warnings(path)
+    assert [message.split(" has no effect")[0] for message in messages] == [
+        f"{path}: [INFERENCE] border = '(4, 4)'",
+        f"{path}: [MR] pixdim = '1.0, 1.0, 1.0'",
+        f"{path}: [MR] axcodes = 'r, a, s'",
+        f"{path}: [label] interp_order = '0'",
+    ]
     assert isinstance(settings, Settings)
     assert settings.config_path == str(path)
     assert settings.config_dir == str(tmp_path)
@@ -187,6 +207,7 @@ def test_full_config_types_values_and_defaults(tmp_path):
     assert settings.app_sections == {}
 
 
+@ignore_compatibility_keys
 def test_task_specs(tmp_path):
     settings = load_settings(write_config(tmp_path, FULL_CONFIG))
     assert settings.task_specs() == [
@@ -267,6 +288,7 @@ def test_sections_are_read_only_and_suggest_attribute_names(tmp_path):
     assert settings.section("images") is settings.inputs["IMAGES"]
 
 
+@ignore_compatibility_keys
 def test_settings_copy_and_pickle(tmp_path):
     settings = load_settings(write_config(tmp_path, FULL_CONFIG), ["--lr=0.5"])
     for clone in (copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
@@ -565,6 +587,134 @@ def test_sfg_temperature_and_grouping_rules(tmp_path):
     assert "lambda2_hold <= lambda2_until" in message
 
 
+# ------------------------------------------------------------------------------- NiftyNet compatibility keys
+
+COMPATIBILITY_KEYS = {
+    ("NETWORK", "weight_initializer"),
+    ("NETWORK", "volume_padding_size"),
+    ("NETWORK", "window_sampling"),
+    ("TRAINING", "sample_per_volume"),
+    ("INFERENCE", "spatial_window_size"),
+    ("INFERENCE", "border"),
+    ("MULTITASK", "loss_border"),
+    ("input", "interp_order"),
+    ("input", "pixdim"),
+    ("input", "axcodes"),
+}
+
+
+def with_key(section, line):
+    """MINIMAL_CONFIG with `line` added to `[section]` (`IMAGES` is its input section)."""
+    if section == "MULTITASK":
+        return MINIMAL_CONFIG + line + "\n"
+    if section == "IMAGES":
+        return MINIMAL_CONFIG.replace("path_to_search = images\n", f"path_to_search = images\n{line}\n")
+    return minimal_with(**{section: line})
+
+
+def test_compatibility_keys_are_marked_in_the_schema_and_the_reference():
+    schemas = {**FIXED_SECTION_SCHEMAS, "input": INPUT_SECTION_SCHEMA}
+    marked = {(name, key) for name, schema in schemas.items() for key, spec in schema.items() if spec.ignored_reason}
+    assert all(spec.compatibility_only == ((name, key) in marked) for name, schema in schemas.items()
+               for key, spec in schema.items())
+    assert marked == COMPATIBILITY_KEYS
+    markdown = dump_schema_markdown()
+    for name, key in COMPATIBILITY_KEYS:
+        reason = schemas[name][key].ignored_reason
+        assert reason and "\n" not in reason
+        assert f"(compatibility only: ignored; {reason})." in markdown
+    assert markdown.count("(compatibility only: ignored;") == len(COMPATIBILITY_KEYS)
+    with pytest.raises(ValueError, match="ignored_reason must be one line"):
+        KeySpec("x", "int", 0, "x", ignored_reason="two\nlines")
+
+
+@pytest.mark.parametrize(
+    "section, key, text, expected",
+    [
+        ("NETWORK", "weight_initializer", "glorot_uniform", "glorot_uniform"),
+        ("NETWORK", "volume_padding_size", "8, 8", (8, 8)),
+        ("NETWORK", "window_sampling", "resize", "resize"),
+        ("TRAINING", "sample_per_volume", "4", 4),
+        ("INFERENCE", "spatial_window_size", "64, 64", (64, 64)),
+        ("INFERENCE", "border", "2, 2", (2, 2)),
+        ("MULTITASK", "loss_border", "3", 3),
+        ("IMAGES", "interp_order", "0", 0),
+        ("IMAGES", "pixdim", "1.5, 1.5, 3", (1.5, 1.5, 3.0)),
+        ("IMAGES", "axcodes", "L, P, S", ("L", "P", "S")),
+    ],
+)
+def test_compatibility_key_set_to_another_value_warns_once_naming_section_key_value_and_reason(
+    tmp_path, section, key, text, expected
+):
+    path = write_config(tmp_path, with_key(section, f"{key} = {text}"))
+    settings, messages = compatibility_warnings(path)
+    schema = INPUT_SECTION_SCHEMA if section == "IMAGES" else FIXED_SECTION_SCHEMAS[section]
+    assert messages == [
+        f"{path}: [{section}] {key} = {text!r} has no effect: {schema[key].ignored_reason}. The key is accepted so "
+        "that NiftyNet configs load; remove it to silence this warning."
+    ]
+    assert settings.section(section)[key] == expected  # still parsed, validated and readable
+
+
+@pytest.mark.parametrize(
+    "section, line",
+    [
+        ("NETWORK", "weight_initializer = HE_NORMAL"),
+        ("NETWORK", "volume_padding_size = (0, 0)"),
+        ("NETWORK", "window_sampling = uniform"),
+        ("TRAINING", "sample_per_volume = 1"),
+        ("INFERENCE", "spatial_window_size = ()"),
+        ("INFERENCE", "border = 0, 0"),
+        ("MULTITASK", "loss_border = 0"),
+        ("IMAGES", "interp_order = 1"),
+        ("IMAGES", "pixdim = ()"),
+        ("IMAGES", "axcodes ="),
+    ],
+)
+def test_compatibility_key_at_its_default_does_not_warn(tmp_path, section, line):
+    _, messages = compatibility_warnings(write_config(tmp_path, with_key(section, line)))
+    assert messages == []
+
+
+def test_absent_compatibility_keys_do_not_warn(tmp_path):
+    _, messages = compatibility_warnings(write_config(tmp_path, MINIMAL_CONFIG))
+    assert messages == []
+
+
+def test_compatibility_key_on_the_command_line_warns_naming_the_token(tmp_path):
+    path = write_config(tmp_path, MINIMAL_CONFIG)
+    _, messages = compatibility_warnings(path, ["--border=2,2", "--IMAGES.pixdim=2,2,2", "--lr=0.01"])
+    assert [message.split(" has no effect")[0] for message in messages] == [
+        "command line (--IMAGES.pixdim=2,2,2): [IMAGES] pixdim = '2,2,2'",  # sections in the file's order first
+        "command line (--border=2,2): [INFERENCE] border = '2,2'",
+    ]
+
+
+def test_invalid_compatibility_key_is_still_an_error(tmp_path):
+    message, path = load_error(tmp_path, minimal_with(NETWORK="window_sampling = patches"))
+    assert message == f"{path}: [NETWORK] window_sampling = 'patches': expected one of: 'resize', 'uniform'"
+
+
+def test_shipped_configs_set_no_compatibility_key_to_another_value():
+    import configparser
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(folder.glob("*.ini"))
+    assert paths
+    for path in paths:
+        parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+        parser.read(path, encoding="utf-8")
+        for name in parser.sections():
+            schema = FIXED_SECTION_SCHEMAS.get(name.upper())
+            if schema is None:
+                schema = INPUT_SECTION_SCHEMA if any(key in INPUT_SECTION_SCHEMA for key in parser[name]) else {}
+            for key, text in parser[name].items():
+                spec = schema.get(key)
+                if spec is not None and spec.compatibility_only:
+                    assert spec.parse(text) == spec.default, f"{path.name}: [{name}] {key} = {text} is ignored"
+
+
 # ---------------------------------------------------------------------------- application sections
 
 
@@ -592,6 +742,7 @@ def test_application_sections(tmp_path):
 # ------------------------------------------------------------------------------- settings dump and schema
 
 
+@ignore_compatibility_keys
 def test_write_settings_writes_every_section_and_key(tmp_path):
     path = write_config(tmp_path, FULL_CONFIG)
     settings = load_settings(path, ["--max_iter=9"], action="inference")

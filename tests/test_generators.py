@@ -21,7 +21,7 @@ from sfg_keras.data.generators import (
     mni152_data_folder,
     parse_utkface_name,
 )
-from sfg_keras.data.generators.mnist import _distance_transform_at, _zhang_suen_thinning
+from sfg_keras.data.generators.binary_morphology import distance_to_background, zhang_suen_thinning
 
 
 def _load(path):
@@ -344,7 +344,7 @@ def test_distance_transform_matches_brute_force():
     binary = rng.uniform(size=(3, 12, 15)) < 0.7
     binary[:, 0, 0] = False  # at least one background pixel per image
     points = np.nonzero(binary)
-    distances = _distance_transform_at(binary, points)
+    distances = distance_to_background(binary, points)
     for (n, i, j), value in zip(zip(*points), distances):
         background = np.argwhere(~binary[n])
         expected = np.sqrt(((background - [i, j]) ** 2).sum(axis=1)).min()
@@ -354,7 +354,7 @@ def test_distance_transform_matches_brute_force():
 def test_zhang_suen_thins_a_bar_to_one_pixel():
     binary = np.zeros((1, 20, 20), dtype=bool)
     binary[0, 3:17, 7:12] = True
-    skeleton = _zhang_suen_thinning(binary)
+    skeleton = zhang_suen_thinning(binary)
     assert skeleton[0, 6:14].sum(axis=1).tolist() == [1] * 8  # one pixel per row along the bar
     assert np.all(skeleton <= binary)
     assert 8 <= skeleton.sum() <= 16

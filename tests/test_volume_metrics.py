@@ -140,3 +140,13 @@ def test_per_label_metrics_never_overwrite_the_bone_metrics():
         evaluate_ct_and_labels(ref_ct, ref_ct, ref_labels, ref_labels, {0: "background", 1: "mean"})
     with pytest.raises(ValueError, match="bone_label must be a foreground label"):
         evaluate_ct_and_labels(ref_ct, ref_ct, ref_labels, ref_labels, names, bone_label=0)
+    with pytest.raises(ValueError, match="bone_label must be a foreground label.*bone_label=7"):
+        evaluate_ct_and_labels(ref_ct, ref_ct, ref_labels, ref_labels, names, bone_label=7)
+
+
+def test_label_names_that_become_one_metric_name_are_refused():
+    ref_ct, ref_labels = _subject()
+    with pytest.raises(ValueError, match=r"label_names must give distinct names.*'Gross Tumour'.*'gross-tumour'"):
+        evaluate_ct_and_labels(
+            ref_ct, ref_ct, ref_labels, ref_labels, {0: "background", 1: "Gross Tumour", 2: "gross-tumour"}
+        )

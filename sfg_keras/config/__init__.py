@@ -13,6 +13,7 @@ write_settings(settings)  # model_dir/settings_train.txt
 ```
 """
 
+from sfg_keras.config.compatibility import CompatibilityKeyWarning
 from sfg_keras.config.errors import ConfigError
 from sfg_keras.config.loader import load_settings
 from sfg_keras.config.schema import (
@@ -47,6 +48,7 @@ __all__ = [
     "FIXED_SECTION_SCHEMAS",
     "INPUT_SECTION_SCHEMA",
     "REQUIRED",
+    "CompatibilityKeyWarning",
     "ConfigError",
     "EvaluationSettings",
     "InferenceSettings",

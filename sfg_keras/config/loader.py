@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sfg_keras.config.compatibility import warn_ignored_keys
 from sfg_keras.config.errors import KEY_ALIASES, ConfigError, closest_match
 from sfg_keras.config.parser import (
     ORIGIN_COMMAND_LINE,
@@ -276,6 +277,9 @@ def load_settings(
             message names the file (or "command line"), the section, the key, the value and what was expected.
         ValueError: `extra_sections` is malformed.
 
+    Warns:
+        CompatibilityKeyWarning: once per NiftyNet-only key (ignored, e.g. `pixdim`) set to a non-default value.
+
     Example:
 
     ```python
@@ -314,6 +318,7 @@ def load_settings(
     fixed = {name: typed[name] for name in FIXED_SECTION_SCHEMAS}
     inputs = {name: typed[name] for name in layout.inputs}
     validate_sections(fixed, inputs)
+    warn_ignored_keys(typed.values(), stacklevel=2)
 
     def build(section: SectionValues, cls: type[SectionSettings]) -> Any:
         return cls(section.name, section.values, section.origins, section.schema)

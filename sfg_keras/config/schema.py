@@ -88,12 +88,18 @@ class KeySpec:
         relative_to: for paths, the folder a relative path is resolved against: `"config_dir"` (the config file's
             folder) or `"model_dir"`.
         default_text: how the default is shown in the Markdown schema when it depends on other settings.
+        ignored_reason: for a compatibility-only key (accepted so that NiftyNet configs load, but without effect),
+            one line saying why sfg-keras ignores it; empty for a key that is used. The Markdown schema marks such a
+            key, and `load_settings` warns (`CompatibilityKeyWarning`) when a config sets it to another value than
+            its default.
 
     Example:
 
     ```python
     image_size = KeySpec("image_size", "int_list", (200, 200), "Height and width images are resized to.", minimum=1)
     image_size.parse("(128, 128)")  # (128, 128)
+    pixdim = KeySpec("pixdim", "float_list", (), "Voxel spacing.", ignored_reason="inputs keep their own spacing")
+    pixdim.compatibility_only  # True
     ```
     """
 
@@ -109,6 +115,7 @@ class KeySpec:
     special_values: tuple[float, ...] = ()
     relative_to: str = "config_dir"
     default_text: str | None = None
+    ignored_reason: str = ""
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -123,6 +130,10 @@ class KeySpec:
             )
         if "\n" in self.meaning:
             raise ValueError(f"KeySpec {self.name!r}: meaning must be one line. Received: {self.meaning!r}")
+        if "\n" in self.ignored_reason:
+            raise ValueError(
+                f"KeySpec {self.name!r}: ignored_reason must be one line. Received: {self.ignored_reason!r}"
+            )
         object.__setattr__(self, "choices", tuple(self.choices))
         object.__setattr__(self, "special_values", tuple(self.special_values))
 
@@ -130,6 +141,11 @@ class KeySpec:
     def required(self) -> bool:
         """Whether the key has no default."""
         return self.default is REQUIRED
+
+    @property
+    def compatibility_only(self) -> bool:
+        """Whether the key is accepted for NiftyNet configs only and has no effect (it has an `ignored_reason`)."""
+        return bool(self.ignored_reason)
 
     @property
     def is_list(self) -> bool:
@@ -423,8 +439,9 @@ NETWORK_SCHEMA = section_schema(
             "weight_initializer",
             "choice",
             "he_normal",
-            "Kernel initialiser (NiftyNet compatibility; the built-in networks use he_normal).",
+            "Kernel initialiser.",
             choices=("he_normal", "glorot_uniform", "he_uniform"),
+            ignored_reason="networks are built with their own initialisers, he_normal in the built-in ones",
         ),
         K(
             "normalisation",
@@ -459,15 +476,18 @@ NETWORK_SCHEMA = section_schema(
             "volume_padding_size",
             "int_list",
             (0, 0),
-            "Padding before sampling (NiftyNet compatibility; mr_ct pads via [MR_CT] padded_size).",
+            "Padding of the images before windows are sampled.",
             minimum=0,
+            ignored_reason="images are not padded before sampling; mr_ct pads its patches to [MR_CT] padded_size",
         ),
         K(
             "window_sampling",
             "choice",
             "uniform",
-            "Training windows, resize or uniform (NiftyNet compatibility; age_gender resizes, mr_ct samples patches).",
+            "How training windows are drawn: resize the image or sample uniformly.",
             choices=("resize", "uniform"),
+            ignored_reason="each application draws its own windows: age_gender resizes whole images, mr_ct crops "
+            "random patches of 2-D slices",
         ),
     ],
     "NETWORK",
@@ -566,8 +586,9 @@ TRAINING_SCHEMA = section_schema(
             "sample_per_volume",
             "int",
             1,
-            "Windows per image visit (NiftyNet compatibility; the built-in apps draw one).",
+            "Windows drawn per visit of an image.",
             minimum=1,
+            ignored_reason="every visit of an image draws one window",
         ),
         K(
             "steps_per_execution",
@@ -609,13 +630,21 @@ INFERENCE_SCHEMA = section_schema(
             "Folder of other subjects for inference and evaluation, searched instead of every input section's "
             "path_to_search (same file-name patterns; the split file is not used; empty = the input sections).",
         ),
-        K("spatial_window_size", "int_list", (), "Window predicted at once (empty = whole slice or image).", minimum=1),
+        K(
+            "spatial_window_size",
+            "int_list",
+            (),
+            "Window predicted at once.",
+            minimum=1,
+            ignored_reason="whole slices and images are predicted at once",
+        ),
         K(
             "border",
             "int_list",
             (0, 0),
-            "Border cropped from predicted windows (NiftyNet compatibility; whole slices are predicted).",
+            "Border cropped from predicted windows.",
             minimum=0,
+            ignored_reason="whole slices and images are predicted, nothing is cropped",
         ),
         K("batch_size", "int", 0, "Windows per prediction batch (0 = [NETWORK] batch_size).", minimum=0),
         K(
@@ -694,8 +723,9 @@ MULTITASK_SCHEMA = section_schema(
             "loss_border",
             "int",
             0,
-            "Border left out of dense losses (NiftyNet compatibility; mr_ct masks padding).",
+            "Border left out of dense losses.",
             minimum=0,
+            ignored_reason="dense losses cover the whole window; mr_ct masks its padding out of the losses instead",
         ),
     ],
     "MULTITASK",
@@ -867,8 +897,9 @@ INPUT_SECTION_SCHEMA = section_schema(
             "interp_order",
             "int",
             1,
-            "Resampling order 0, 1, 3 or -1 (NiftyNet compatibility: inputs are not resampled).",
+            "Interpolation order 0, 1, 3 or -1 of the resampling to pixdim.",
             minimum=-1,
+            ignored_reason="inputs are never resampled to a voxel spacing",
         ),
         K(
             "spatial_window_size",
@@ -881,16 +912,18 @@ INPUT_SECTION_SCHEMA = section_schema(
             "pixdim",
             "float_list",
             (),
-            "Voxel spacing to resample to (NiftyNet compatibility: inputs are used at their own spacing).",
+            "Voxel spacing to resample to.",
             minimum=0,
             exclusive_minimum=True,
+            ignored_reason="inputs are used at their own voxel spacing",
         ),
         K(
             "axcodes",
             "choice_list",
             (),
-            "Orientation to reorient to, e.g. R, A, S (NiftyNet compatibility: inputs keep their orientation).",
+            "Orientation to reorient to, e.g. R, A, S.",
             choices=("L", "R", "A", "P", "S", "I"),
+            ignored_reason="inputs keep the orientation they are stored in",
         ),
         K(
             "loader",
@@ -919,7 +952,10 @@ def _markdown_table(title: str, schema: Mapping[str, KeySpec], note: str = "") -
         type_text = spec.type_text()
         if spec.choices:
             type_text += ": " + ", ".join(repr(choice) if choice == "" else choice for choice in spec.choices)
-        cells = [f"`{spec.name}`", type_text, spec.default_display(), spec.meaning]
+        meaning = spec.meaning
+        if spec.compatibility_only:
+            meaning = f"{meaning.rstrip('.')} (compatibility only: ignored; {spec.ignored_reason})."
+        cells = [f"`{spec.name}`", type_text, spec.default_display(), meaning]
         lines.append("| " + " | ".join(_escape_cell(cell) for cell in cells) + " |")
     lines.append("")
     return lines

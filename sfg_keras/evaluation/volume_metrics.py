@@ -103,6 +103,21 @@ def _metric_name(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower() or "label"
 
 
+def _label_metric_names(label_names: Mapping[int, str], bone_label: int) -> dict[int, str]:
+    """`{label: metric name}` of `evaluate_ct_and_labels`, refusing names that collide or a bone label not listed."""
+    names = {int(label): _metric_name(name) for label, name in label_names.items()}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"label_names must give distinct names. Received: label_names={dict(label_names)}")
+    clashing = [name for label, name in names.items() if label != 0 and f"dice_{name}" == "dice_mean"]
+    if clashing:
+        raise ValueError(f"label_names: a label named {clashing[0]!r} would write its Dice over dice_mean, the mean "
+                         f"Dice; expected another name. Received: label_names={dict(label_names)}")
+    if bone_label not in names or bone_label == 0:
+        raise ValueError(f"bone_label must be a foreground label of label_names. Received: bone_label={bone_label}, "
+                         f"label_names={dict(label_names)}")
+    return names
+
+
 def evaluate_ct_and_labels(
     ct_pred_hu: np.ndarray,
     ct_ref_hu: np.ndarray,
@@ -159,16 +174,7 @@ def evaluate_ct_and_labels(
         data_range = float(ct_ref_hu.max() - ct_ref_hu.min())
         if data_range == 0:
             data_range = 1.0
-    names = {int(label): _metric_name(name) for label, name in label_names.items()}
-    if len(set(names.values())) != len(names):
-        raise ValueError(f"label_names must give distinct names. Received: label_names={dict(label_names)}")
-    clashing = [name for label, name in names.items() if label != 0 and f"dice_{name}" == "dice_mean"]
-    if clashing:
-        raise ValueError(f"label_names: a label named {clashing[0]!r} would write its Dice over dice_mean, the mean "
-                         f"Dice; expected another name. Received: label_names={dict(label_names)}")
-    if bone_label not in names or bone_label == 0:
-        raise ValueError(f"bone_label must be a foreground label of label_names. Received: bone_label={bone_label}, "
-                         f"label_names={dict(label_names)}")
+    names = _label_metric_names(label_names, bone_label)
 
     bone = label_ref == bone_label
     metrics = {

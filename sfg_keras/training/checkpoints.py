@@ -31,7 +31,8 @@ import numpy as np
 from sfg_keras.io.atomic import atomic_path, atomic_write_json
 from sfg_keras.io.input_checks import file_sha256
 
-_PATTERN = re.compile(r"^model-(\d+)\.keras$")
+_PATTERN = re.compile(r"^model-(\d+)\.keras$")  # the one place that parses checkpoint file names
+CHECKPOINT_DIR = "models"  # model_dir/models/ holds the checkpoints (and branches/<name>/models/ the archived ones)
 LINEAGE_FILE = "lineage.json"
 LINEAGE_VERSION = 1
 BRANCHES_DIR = "branches"
@@ -40,7 +41,14 @@ _BRANCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def checkpoint_path(checkpoint_dir: str | os.PathLike, step: int) -> Path:
-    """`<checkpoint_dir>/model-<step>.keras`."""
+    """`<checkpoint_dir>/model-<step>.keras`: the one place that builds checkpoint file names.
+
+    Example:
+
+    ```python
+    checkpoint_path(Path("model_dir") / CHECKPOINT_DIR, 40)  # Path("model_dir/models/model-40.keras")
+    ```
+    """
     return Path(checkpoint_dir) / f"model-{int(step)}.keras"
 
 
@@ -53,22 +61,35 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     checkpoint_step("model_dir/models/model-40.keras")  # 40
     ```
     """
-    match = _PATTERN.match(Path(path).name)
-    if not match:
+    step = _step_of(Path(path).name)
+    if step is None:
         raise ValueError(f"{path} is not a checkpoint file name; expected model-<iteration>.keras")
-    return int(match.group(1))
+    return step
+
+
+def _step_of(name: str) -> int | None:
+    """The iteration of the checkpoint file name `name`, or None for any other name."""
+    match = _PATTERN.match(name)
+    return int(match.group(1)) if match else None
 
 
 def list_checkpoints(checkpoint_dir: str | os.PathLike) -> dict[int, Path]:
-    """Every checkpoint file in the folder, by step (temporary files of a write in progress are ignored)."""
+    """Every checkpoint file in the folder, by step (temporary files of a write in progress are ignored).
+
+    Example:
+
+    ```python
+    list_checkpoints("model_dir/models")  # {20: Path("model_dir/models/model-20.keras"), 40: ...}, oldest first
+    ```
+    """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return {}
     found = {}
     for path in folder.iterdir():
-        match = _PATTERN.match(path.name)
-        if match and path.is_file():
-            found[int(match.group(1))] = path
+        step = _step_of(path.name)
+        if step is not None and path.is_file():
+            found[step] = path
     return dict(sorted(found.items()))
 
 
@@ -219,7 +240,7 @@ class CheckpointLineage:
     def archive(self, paths: list[Path], name: str) -> Path:
         """Moves the checkpoint files `paths` into `model_dir/branches/<name>/models/` with their lineage entries
         and records the branch; returns the folder."""
-        folder = self.model_dir / BRANCHES_DIR / name / "models"
+        folder = self.model_dir / BRANCHES_DIR / name / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=False)
         moves = {self.key(path): self.key(folder / path.name) for path in paths}
         for path in paths:
@@ -322,7 +343,7 @@ def select_checkpoint(checkpoint_dir: str | os.PathLike, step: int, lineage: Che
     Example:
 
     ```python
-    path, skipped = select_checkpoint(model_dir / "models", -1, CheckpointLineage(model_dir))
+    path, skipped = select_checkpoint(model_dir / CHECKPOINT_DIR, -1, CheckpointLineage(model_dir))
     ```
     """
     checkpoints = list_checkpoints(checkpoint_dir)

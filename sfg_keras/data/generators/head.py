@@ -17,16 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from sfg_keras.data.generators.cohort_files import COHORT_FILE_PATTERNS, write_cohort_subject
+from sfg_keras.data.generators.output_folder import check_positive_int, prepare_output_folder
 from sfg_keras.data.generators.packaged_files import installed_package_folder
-from sfg_keras.data.generators.pelvis import (
-    _COHORT_PATTERNS,
-    _add_rician_noise,
-    _bias_field,
-    _check_positive_int,
-    _prepare_output_dir,
-    _smooth_random_field,
-    _write_subject,
-)
+from sfg_keras.data.generators.synthesis import add_rician_noise, mr_bias_field, smooth_random_field
 
 # Label map written to LABEL/: 0 background (air and scalp), 1 CSF, 2 grey matter, 3 white matter, 4 skull.
 HEAD_LABEL_NAMES = ("background", "csf", "grey_matter", "white_matter", "skull")
@@ -222,7 +216,7 @@ def _warp_template(rng: np.random.Generator, template: np.ndarray, resolution: i
     translation = rng.uniform(-3.0, 3.0, size=3).astype(np.float32)
     source = []
     for row in range(3):
-        displacement = rng.uniform(2.0, 4.0) * _smooth_random_field(rng, normalised, num_waves=5, max_frequency=1.2)
+        displacement = rng.uniform(2.0, 4.0) * smooth_random_field(rng, normalised, num_waves=5, max_frequency=1.2)
         mm = sum(linear[row, col] * points[col] for col in range(3)) + translation[row] + displacement
         source.append(mm / resolution + center[row])
     coords = np.stack(np.broadcast_arrays(*source), axis=0)
@@ -282,12 +276,12 @@ def make_head_cohort(
     ```
     """
     function = "make_head_cohort"
-    num_subjects = _check_positive_int(num_subjects, "num_subjects", function)
-    resolution = _check_positive_int(resolution, "resolution", function)
+    num_subjects = check_positive_int(num_subjects, "num_subjects", function)
+    resolution = check_positive_int(resolution, "resolution", function)
     if resolution > 8:
         raise ValueError(f"{function}: `resolution` must be an integer number of mm in 1..8, received {resolution}.")
     template, affine = _head_template(resolution, bool(crop))
-    folder = _prepare_output_dir(out_dir, overwrite, _COHORT_PATTERNS)
+    folder = prepare_output_folder(out_dir, overwrite, COHORT_FILE_PATTERNS)
     subjects = []
     for index in range(num_subjects):
         rng = np.random.default_rng([int(seed), index])
@@ -296,7 +290,7 @@ def make_head_cohort(
         fractions = np.concatenate([air, fractions], axis=-1)
         label = _CHANNEL_LABELS[np.argmax(fractions, axis=-1)]
 
-        texture = 0.5 + 0.5 * _smooth_random_field(rng, normalised, num_waves=12, max_frequency=8.0)
+        texture = 0.5 + 0.5 * smooth_random_field(rng, normalised, num_waves=12, max_frequency=8.0)
         ct_values = np.broadcast_to(_CT_HU, fractions.shape).copy()
         ct_values[..., 4] = 700.0 + 800.0 * texture
         ct = (fractions * ct_values).sum(axis=-1)
@@ -305,7 +299,7 @@ def make_head_cohort(
         contrast = _MR_T1 * rng.uniform(0.92, 1.08, size=_MR_T1.shape).astype(np.float32)
         mr_values = np.broadcast_to(contrast, fractions.shape).copy()
         mr_values[..., 4] = contrast[4] * (0.5 + 1.5 * (1.0 - texture))  # fatty diploe slightly brighter
-        mr = (fractions * mr_values).sum(axis=-1) * _bias_field(rng, normalised, strength=0.2)
-        mr = _add_rician_noise(rng, 1000.0 * mr, sigma=15.0)
-        subjects.append(_write_subject(folder, index, mr, ct.astype(np.float32), label, affine))
+        mr = (fractions * mr_values).sum(axis=-1) * mr_bias_field(rng, normalised, strength=0.2)
+        mr = add_rician_noise(rng, 1000.0 * mr, sigma=15.0)
+        subjects.append(write_cohort_subject(folder, index, mr, ct.astype(np.float32), label, affine))
     return subjects

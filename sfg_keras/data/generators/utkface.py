@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from sfg_keras.data.generators.pelvis import _check_positive_int, _prepare_output_dir
+from sfg_keras.data.generators.output_folder import check_positive_int, prepare_output_folder
 
 # UTKFace label ranges: age 0..116 years, gender 0 (male) / 1 (female), race 0 White, 1 Black, 2 Asian, 3 Indian,
 # 4 Others.
@@ -296,8 +296,8 @@ def _check_utkface_arguments(
 ) -> tuple[int, int]:
     """Validates `make_utkface_folder`'s counts and sizes; returns the checked `(num_images, size)`."""
     function = "make_utkface_folder"
-    num_images = _check_positive_int(num_images, "num_images", function)
-    size = _check_positive_int(size, "size", function)
+    num_images = check_positive_int(num_images, "num_images", function)
+    size = check_positive_int(size, "size", function)
     if size < 16:
         raise ValueError(f"{function}: `size` must be at least 16 pixels, received {size}.")
     if isinstance(num_malformed, bool) or not isinstance(num_malformed, (int, np.integer)) or num_malformed < 0:
@@ -401,7 +401,7 @@ def make_utkface_folder(
     ```
     """
     num_images, size = _check_utkface_arguments(num_images, size, num_malformed, aligned_fraction)
-    folder = _prepare_output_dir(out_dir, overwrite, ("*.jpg",))
+    folder = prepare_output_folder(out_dir, overwrite, ("*.jpg",))
     rng = np.random.default_rng(int(seed))
     used: set[str] = set()
     files = _write_valid_faces(folder, rng, used, num_images, size, aligned_fraction)
