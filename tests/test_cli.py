@@ -17,6 +17,8 @@ import pytest
 from mr_ct_inputs import MR_CT_INPUTS
 from sfg_run_batch import Batch
 
+from sfg_keras.training.checkpoints import list_checkpoints
+
 SFG_RUN = str(Path(sys.executable).with_name("sfg_run"))
 TESTS = Path(__file__).resolve().parent
 
@@ -166,11 +168,11 @@ def test_sigkill_resumes_from_last_checkpoint(cohort, tmp_path):
     process = subprocess.Popen([SFG_RUN, "train", "-c", str(config)], env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(checkpoints.glob("model-*.keras"))) < 2:
+    while time.time() < deadline and len(list_checkpoints(checkpoints)) < 2:
         time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    saved = sorted(int(p.stem.split("-")[1]) for p in checkpoints.glob("model-*.keras"))
+    saved = sorted(list_checkpoints(checkpoints))
     assert saved, "no checkpoint was written before the kill"
     last = saved[-1]
     assert last < 400

@@ -29,9 +29,11 @@ from mr_ct_inputs import MR_CT_INPUTS
 from sfg_keras.io import atomic
 from sfg_keras.io.atomic import atomic_write_text, is_stale_temporary, remove_stale_temporary_files
 from sfg_keras.training.checkpoints import (
+    CHECKPOINT_DIR,
     CheckpointLineage,
     check_branch_name,
     file_sha256,
+    list_checkpoints,
     save_checkpoint,
     select_checkpoint,
 )
@@ -210,7 +212,7 @@ def _kill_config(folder: Path, data: Path, model_dir: Path) -> Path:
 
 
 def _checkpoint_steps(model_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in (model_dir / "models").glob("model-*.keras"))
+    return sorted(list_checkpoints(model_dir / CHECKPOINT_DIR))
 
 
 def _wait_for_a_checkpoint(process: subprocess.Popen, model_dir: Path, before: list[int], deadline: float) -> None:

@@ -53,6 +53,7 @@ from sfg_keras.metrics import MaskedAccuracy, MaskedMeanAbsoluteError, MeanDice
 from sfg_keras.models import ARCHITECTURES, NetworkOptions, SFGNetwork, TaskHead, build_network
 from sfg_keras.physical_outputs import bound_predictions
 from sfg_keras.training.checkpoints import (
+    CHECKPOINT_DIR,
     CORRUPT_DIR,
     CheckpointLineage,
     PeriodicCheckpoint,
@@ -179,7 +180,7 @@ class Driver:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.model_dir / "models"
+        return self.model_dir / CHECKPOINT_DIR
 
     @property
     def log_dir(self) -> Path:
