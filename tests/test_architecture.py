@@ -147,3 +147,87 @@ def test_vocabulary_modules_import_no_tensorflow(module):
 
     code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _unit(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return "applications" if parts[0] == "applications" else parts[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path, tree) -> set[str]:
+    """Modules `path` imports when it is imported (module level, `if TYPE_CHECKING:` blocks included; imports inside
+    functions are excluded)."""
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found, nodes = set(), list(tree.body)
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            nodes += [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", []),
+                      *(h for handler in getattr(node, "handlers", []) for h in handler.body)]
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parents + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] in ("sfg_keras", "applications")}
+
+
+def _floors() -> dict[str, int]:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    section = page.split("## Floors", 1)[1].split("\n## ", 1)[0]
+    floors = {}
+    for number, units in re.findall(r"^(\d+)\. (`.*)$", section, flags=re.MULTILINE):
+        for unit in re.findall(r"`([\w]+)`", units):
+            floors[unit] = int(number)
+    return floors
+
+
+def test_every_import_goes_to_the_same_floor_or_below():
+    floors = _floors()
+    problems = []
+    for path, tree in _trees():
+        unit = _unit(path)
+        if path == ROOT / "sfg_keras" / "__init__.py":
+            continue  # the package itself: it only registers the Keras classes (`_registration`)
+        if unit not in floors:
+            problems.append(f"{path.relative_to(ROOT)}: unit {unit!r} is on no floor of docs/architecture.md")
+            continue
+        for name in _top_level_imports(path, tree):
+            target = "applications" if name.startswith("applications") else (name.split(".") + [""])[1]
+            if target and target in floors and floors[target] > floors[unit]:
+                problems.append(f"{path.relative_to(ROOT)} ({unit}, floor {floors[unit]}) imports {name} "
+                                f"(floor {floors[target]})")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycle_between_modules():
+    modules = {_module_name(path): _top_level_imports(path, tree) for path, tree in _trees()}
+    graph = {name: {target for target in targets if target in modules and target != name}
+             for name, targets in modules.items()}
+    # A package's __init__ re-exporting its own modules is not a cycle worth reporting.
+    graph = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in graph.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(name, trail):
+        visiting.add(name)
+        for target in graph[name]:
+            if target in visiting:
+                cycles.append(" -> ".join(trail[trail.index(target):] + [target]) if target in trail else target)
+            elif target not in done:
+                visit(target, trail + [target])
+        visiting.discard(name)
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
