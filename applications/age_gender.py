@@ -34,7 +34,7 @@ from sfg_keras.data.sampler import batch_examples, example_order
 from sfg_keras.engine import provenance
 from sfg_keras.engine.application import BaseApplication, InferenceInput
 from sfg_keras.io.atomic import atomic_write_json
-from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, ScanCache
+from sfg_keras.io.input_checks import SCAN_CACHE_FILE, InputCheckFailure, InputProblems, ScanCache
 
 from .labelled_images import (
     LabelledImages,
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE_SIZE = (200, 200)
 STATISTICS_FILE = "image_statistics.json"
-#: `ScanCache` of the image decodes in model_dir, written only after every check passed.
-SCAN_CACHE_FILE = ".input_scans.json"
 INFERRED_FILE = "inferred.csv"
 METRICS_FILE = "age_gender_metrics.csv"
 EVALUATIONS = ("mae", "accuracy")
@@ -97,6 +95,7 @@ class AgeGenderApplication(BaseApplication):
     """
 
     APP_SECTIONS = {APP_SECTION: APP_KEYS}
+    APP_SECTION = APP_SECTION
     name = "age_gender"
 
     def __init__(self, settings):
@@ -110,15 +109,6 @@ class AgeGenderApplication(BaseApplication):
         super().__init__(settings)
 
     # === Settings ===
-
-    @property
-    def app_settings(self) -> SectionSettings:
-        """The `[AGE_GENDER]` section (the defaults when the settings were loaded without it)."""
-        section = self.settings.app_sections.get(APP_SECTION)
-        if section is None:
-            section = SectionSettings(APP_SECTION, {spec.name: spec.default for spec in APP_KEYS},
-                                      schema={spec.name: spec for spec in APP_KEYS})
-        return section
 
     @property
     def image_section(self) -> str:

@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from sfg_keras.config import KeySpec, SectionSettings, TaskSpec
-from sfg_keras.config.schema import section_schema
+from sfg_keras.config import KeySpec, TaskSpec
 from sfg_keras.data import (
     HistogramStandardisation,
     batch_examples,
@@ -136,6 +135,7 @@ class MRCTApplication(BaseApplication):
             ),
         ]
     }
+    APP_SECTION = SECTION
     name = "mr_ct"
 
     def __init__(self, settings):
@@ -150,14 +150,6 @@ class MRCTApplication(BaseApplication):
         super().__init__(settings)
 
     # === Settings ===
-
-    @property
-    def app_settings(self) -> SectionSettings:
-        """The `[MR_CT]` section (its defaults when the settings were loaded without `APP_SECTIONS`)."""
-        if SECTION in self.settings.app_sections:
-            return self.settings.app_sections[SECTION]
-        schema = section_schema(self.APP_SECTIONS[SECTION], SECTION)
-        return SectionSettings(SECTION, {key: spec.default for key, spec in schema.items()}, schema=schema)
 
     def check_settings(self) -> None:
         """Checks the task list, the `[MR_CT]` sizes and label names, the augmentation and the flipping axes."""
