@@ -87,4 +87,4 @@ def test_app_settings_without_a_section_names_the_class(tmp_path):
 
     with pytest.raises(ConfigError, match=r"Sectionless.APP_SECTION = None: expected a section of its APP_SECTIONS "
                                           r"\(MINE\)"):
-        Sectionless(settings_of(tmp_path)).app_settings
+        _ = Sectionless(settings_of(tmp_path)).app_settings
