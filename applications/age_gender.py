@@ -10,7 +10,7 @@ training statistics `model_dir/image_statistics.json`. The datasets decode and r
 (default 200 x 200), standardise every channel, divide regression targets by `[AGE_GENDER] target_scale` (age in
 years / 100 by default) and augment with the `[TRAINING]` flips, rotations and scalings; training batch `k` depends
 only on `[SYSTEM] seed` and `k`. Inference writes `inferred.csv` (mean and standard deviation of every regression
-task in its original unit; mode, class probabilities and entropy of every classification task); evaluation writes
+task in its original unit; label, class probabilities and entropy of every classification task); evaluation writes
 per-image errors and correctness next to predicting the training mean / majority class (`age_gender_metrics.csv`);
 every table is written atomically (a failed write names the file and leaves no partial one).
 """
@@ -724,9 +724,10 @@ class AgeGenderApplication(BaseApplication):
         """Writes `save_seg_dir/inferred.csv` atomically from the rows kept by `write_outputs`, sorted by subject.
 
         Columns: `subject`; per regression task `<task>_mean`, `<task>_std` in the original unit (times
-        `target_scale`); per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy`
-        (nats); the provenance of each image: `phase` (its phase in the run record, or `new`), `trained_on` and
-        `input_sha256` (of the image file).
+        `target_scale`); per classification task `<task>_label`, `<task>_prob_<c>` per class and `<task>_entropy`
+        (nats), named as the exported signatures' outputs (`sfg_keras.predictions.output_name`); the provenance
+        of each image: `phase` (its phase in the run record, or `new`), `trained_on` and `input_sha256` (of the image
+        file).
 
         Example:
 

@@ -1,8 +1,10 @@
 """Per-image prediction and metric tables of the age_gender application, without TensorFlow.
 
 `inferred.csv` has one row per image: `subject`; per regression task `<task>_mean` and `<task>_std` in the original
-unit; per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy` (nats). The metric
-rows compare it with the labels, next to trivial baselines (the training mean, the training majority class).
+unit; per classification task `<task>_label`, `<task>_prob_<c>` per class and `<task>_entropy` (nats). The names are
+those of the exported signatures' outputs (`sfg_keras.predictions.output_name`). A table written by an older version
+names the label column `<task>_mode` (`LEGACY_LABEL_KEY`): it is still read. The metric rows compare it with the
+labels, next to trivial baselines (the training mean, the training majority class).
 
 Example:
 
@@ -25,6 +27,10 @@ import numpy as np
 from sfg_keras.config import TaskSpec
 from sfg_keras.evaluation.volume_metrics import write_metrics_csv
 from sfg_keras.io.atomic import atomic_path
+from sfg_keras.predictions import output_name
+
+#: The key of a classification task's label column written by older versions: `<task>_mode` (now `<task>_label`).
+LEGACY_LABEL_KEY = "mode"
 
 
 def prediction_columns(
@@ -57,27 +63,27 @@ def prediction_columns(
     if task.type == "regression":
         mean = values["mean"].reshape(count, -1)[:, 0].astype(np.float64)
         std = values["std"].reshape(count, -1)[:, 0].astype(np.float64) if "std" in values else np.zeros(count)
-        return [f"{task.name}_mean", f"{task.name}_std"], [mean * scale, std * scale]
+        return [output_name(task.name, "mean"), output_name(task.name, "std")], [mean * scale, std * scale]
     probabilities = values["probabilities"].reshape(count, -1).astype(np.float64)
-    names = [f"{task.name}_mode", *(f"{task.name}_prob_{c}" for c in range(probabilities.shape[1])),
-             f"{task.name}_entropy"]
+    names = [output_name(task.name, "label"), *(output_name(task.name, f"prob_{c}") for c in
+                                                range(probabilities.shape[1])), output_name(task.name, "entropy")]
     return names, [values["label"].reshape(count), *probabilities.T, values["entropy"].reshape(count)]
 
 
 def format_row(subject: str, names: Sequence[str], columns: Sequence[np.ndarray], row: int) -> list[str]:
-    """The cells of one image: the subject, then `<task>_mode` as an integer and other values with 6 significant
+    """The cells of one image: the subject, then `<task>_label` as an integer and other values with 6 significant
     digits (empty for NaN).
 
     Example:
 
     ```python
-    format_row("a.png", ["age_mean", "gender_mode"], [np.array([31.25]), np.array([1])], 0)  # ['a.png', '31.25', '1']
+    format_row("a.png", ["age_mean", "gender_label"], [np.array([31.25]), np.array([1])], 0)  # ['a.png', '31.25', '1']
     ```
     """
     cells = [subject]
     for name, column in zip(names, columns):
         value = column[row]
-        if name.endswith("_mode"):
+        if name.endswith("_label"):
             cells.append(str(int(value)))
         else:
             cells.append("" if not np.isfinite(value) else f"{float(value):.6g}")
@@ -132,28 +138,46 @@ def write_metrics_tables(rows: Sequence[dict], path: str | os.PathLike) -> list[
 def read_inferred(path: Path, tasks: Sequence[TaskSpec], command: str) -> list[dict[str, str]]:
     """The rows of `inferred.csv`, checked to have a column for every task.
 
+    A table written by an older version names a classification task's label column `<task>_mode`: when
+    `<task>_label` is absent, that column is read as `<task>_label`.
+
     Args:
         path: the file.
-        tasks: the tasks (regression needs `<task>_mean`, classification `<task>_mode`).
+        tasks: the tasks (regression needs `<task>_mean`, classification `<task>_label`).
         command: the command that writes it, for the message when it is missing.
 
     Raises:
         FileNotFoundError: no such file (naming the command to run).
         ValueError: a task's column is missing.
+
+    Example:
+
+    ```python
+    rows = read_inferred(Path("output/inferred.csv"), tasks, "sfg_run inference -c run.ini")
+    rows[0]["gender_label"]  # '1' (also from an older table's gender_mode column)
+    ```
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found ([INFERENCE] save_seg_dir): run inference first ({command})")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
+        renamed = {}
         for task in tasks:
-            column = f"{task.name}_mean" if task.type == "regression" else f"{task.name}_mode"
-            if column not in header:
+            column = output_name(task.name, "mean" if task.type == "regression" else "label")
+            legacy = output_name(task.name, LEGACY_LABEL_KEY)
+            if column not in header and task.type != "regression" and legacy in header:
+                renamed[legacy] = column
+            elif column not in header:
                 raise ValueError(
                     f"{path}: no column {column!r} for task {task.name!r}; columns {header}. Run inference "
                     "again with the current [MULTITASK] tasks"
                 )
-        return list(reader)
+        rows = list(reader)
+    for row in rows:
+        for legacy, column in renamed.items():
+            row[column] = row.pop(legacy)
+    return rows
 
 
 def regression_metrics(
@@ -173,7 +197,8 @@ def regression_metrics(
     baseline = float(np.nanmean(training_truth)) if np.isfinite(training_truth).any() else math.nan
     errors, baseline_errors = [], []
     for metric_row, row, value in zip(metric_rows, rows, truth):
-        predicted = float(row[f"{task.name}_mean"]) if row[f"{task.name}_mean"] else math.nan
+        cell = row[output_name(task.name, "mean")]
+        predicted = float(cell) if cell else math.nan
         metric_row[f"{task.name}_true"] = float(value)
         metric_row[f"{task.name}_predicted"] = predicted
         metric_row[f"{task.name}_abs_error"] = abs(predicted - value)
@@ -205,7 +230,7 @@ def classification_metrics(
     majority = int(np.bincount(valid).argmax()) if valid.size else -1
     correct, baseline_correct = [], []
     for metric_row, row, value in zip(metric_rows, rows, truth):
-        predicted = int(row[f"{task.name}_mode"])
+        predicted = int(row[output_name(task.name, "label")])
         metric_row[f"{task.name}_true"] = int(value) if value >= 0 else math.nan
         metric_row[f"{task.name}_predicted"] = predicted
         metric_row[f"{task.name}_correct"] = float(predicted == value) if value >= 0 else math.nan

@@ -275,7 +275,7 @@ def test_age_gender_saved_model_takes_raw_pixels_and_reproduces_inference(tmp_pa
         for c in range(2):
             probability = [float(row[f"gender_prob_{c}"]) for row in rows]
             np.testing.assert_allclose(served[f"{signature}/gender_probabilities"][:, c], probability, atol=1e-5)
-        assert [int(row["gender_mode"]) for row in rows] == served[f"{signature}/gender_label"].tolist()
+        assert [int(row["gender_label"]) for row in rows] == served[f"{signature}/gender_label"].tolist()
     rows = [inferred["mc"][s] for s in subjects]
     age, age_std = (np.array([float(row[f"age_{key}"]) for row in rows]) for key in ("mean", "std"))
     served_age = served["full/0/serving_default/0/age_mean"][:, 0]  # years
