@@ -19,15 +19,18 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from sfg_keras.config import TaskSpec
+from sfg_keras.engine.provenance import PROVENANCE_COLUMNS
 from sfg_keras.evaluation.volume_metrics import write_metrics_csv
 from sfg_keras.io.atomic import atomic_path
 from sfg_keras.predictions import output_name
+
+from .labelled_images import LabelledImages
 
 #: The key of a classification task's label column written by older versions: `<task>_mode` (now `<task>_label`).
 LEGACY_LABEL_KEY = "mode"
@@ -70,6 +73,44 @@ def prediction_columns(
     return names, [values["label"].reshape(count), *probabilities.T, values["entropy"].reshape(count)]
 
 
+def prediction_rows(tasks: Sequence[TaskSpec], predictions: Mapping[str, Mapping], subjects: Sequence[str], key: str,
+                    scale: Callable[[TaskSpec], float]) -> tuple[list[str], dict[str, list[str]]]:
+    """The `inferred.csv` header and the formatted row of every subject of one prediction batch.
+
+    Args:
+        tasks: the tasks, in column order.
+        predictions: `{task: {key: array}}` (`prediction_columns`), one entry per subject along the first axis.
+        subjects: the subjects, in prediction order.
+        key: the name of the predicted unit, for messages.
+        scale: `task -> factor` from the network unit to the original unit (`regression_scale`).
+
+    Returns:
+        `(header, {subject: cells})`: `["subject", <task columns>...]` and each subject's cells.
+
+    Raises:
+        ValueError: a task or a key is missing, or the number of predictions differs from the number of subjects.
+
+    Example:
+
+    ```python
+    header, rows = prediction_rows([age], {"age": {"mean": mean, "std": std}}, ["a.png"], "1 image", lambda t: 100.0)
+    ```
+    """
+    header, columns = ["subject"], []
+    for task in tasks:
+        try:
+            names, values = prediction_columns(task, predictions[task.name], len(subjects), scale(task))
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"Predictions of {key}, task {task.name!r}: {error!r}; expected {{task: {{'mean', 'std'}}}} "
+                "(regression) or {task: {'probabilities', 'label', 'entropy'}} (classification), one row per "
+                f"image; received tasks {sorted(predictions)}"
+            ) from error
+        header += names
+        columns += values
+    return header, {subject: format_row(subject, header[1:], columns, row) for row, subject in enumerate(subjects)}
+
+
 def format_row(subject: str, names: Sequence[str], columns: Sequence[np.ndarray], row: int) -> list[str]:
     """The cells of one image: the subject, then `<task>_label` as an integer and other values with 6 significant
     digits (empty for NaN).
@@ -88,6 +129,38 @@ def format_row(subject: str, names: Sequence[str], columns: Sequence[np.ndarray]
         else:
             cells.append("" if not np.isfinite(value) else f"{float(value):.6g}")
     return cells
+
+
+class InferredTable:
+    """The rows of `inferred.csv`, kept while inference predicts (`add`) and written at its end (`write`).
+
+    Example:
+
+    ```python
+    table = InferredTable()
+    table.add(*prediction_rows(tasks, predictions, subjects, "9 images", app.regression_scale))
+    table.write(output_dir / "inferred.csv", app.provenance_columns)
+    ```
+    """
+
+    def __init__(self):
+        self.header: list[str] = []
+        self.rows: dict[str, list[str]] = {}
+
+    def add(self, header: list[str], rows: Mapping[str, list[str]]) -> None:
+        """Keeps `rows` (`{subject: cells}`) with their `header` (`prediction_rows`)."""
+        self.header = header
+        self.rows.update(rows)
+
+    def write(self, path: str | os.PathLike, provenance: Callable[[str], Mapping[str, str]]) -> Path | None:
+        """Writes the rows sorted by subject, each followed by its provenance columns
+        (`sfg_keras.engine.provenance.PROVENANCE_COLUMNS`, from `provenance(subject)`), atomically; None without
+        rows (nothing written)."""
+        if not self.rows:
+            return None
+        columns = list(PROVENANCE_COLUMNS)
+        rows = [self.rows[subject] + [provenance(subject)[c] for c in columns] for subject in sorted(self.rows)]
+        return write_table(path, self.header + columns, rows)
 
 
 def write_table(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
@@ -178,6 +251,37 @@ def read_inferred(path: Path, tasks: Sequence[TaskSpec], command: str) -> list[d
         for legacy, column in renamed.items():
             row[column] = row.pop(legacy)
     return rows
+
+
+def metric_table(tasks: Sequence[TaskSpec], rows: list[dict], images: LabelledImages, training: LabelledImages,
+                 wanted: Collection[str], unit: Callable[[TaskSpec], str]) -> tuple[list[dict], list[str]]:
+    """The per-image metric rows of `inferred.csv` rows against the labels, and a summary line per task.
+
+    Args:
+        tasks: the tasks.
+        rows: the `inferred.csv` rows to score (`read_inferred`), aligned with `images`.
+        images: the scored images with their labels.
+        training: the training images with their labels (the baselines).
+        wanted: the evaluations: `mae` (regression tasks), `accuracy` (classification tasks).
+        unit: `task -> unit` of a regression task in messages (e.g. "years"; "" for none).
+
+    Example:
+
+    ```python
+    metric_rows, summaries = metric_table(tasks, rows, images, training, {"mae", "accuracy"}, app.regression_unit)
+    ```
+    """
+    metric_rows = [{"subject": subject} for subject in images.subjects]
+    summaries = []
+    for task in tasks:
+        truth, training_truth = images.labels[task.name], training.labels[task.name]
+        if task.type == "regression" and "mae" in wanted:
+            name = unit(task)
+            summaries.append(regression_metrics(task, rows, truth, training_truth, metric_rows,
+                                                f" {name}" if name else ""))
+        elif task.type == "classification" and "accuracy" in wanted:
+            summaries.append(classification_metrics(task, rows, truth, training_truth, metric_rows))
+    return metric_rows, summaries
 
 
 def regression_metrics(

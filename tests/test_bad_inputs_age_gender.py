@@ -262,7 +262,7 @@ def prepare_quietly(app, fit: bool) -> None:
 
 def test_resumed_training_checks_every_image_and_reuses_the_scan_cache(tmp_path, monkeypatch):
     from sfg_keras.io.input_checks import InputValidationError
-    from sfg_keras_applications.age_gender import AgeGenderApplication
+    from sfg_keras_applications.image_checks import ImageDecodeCheck
 
     config = make_faces(tmp_path)
     prepare_quietly(make_app(config), fit=True)
@@ -271,9 +271,8 @@ def test_resumed_training_checks_every_image_and_reuses_the_scan_cache(tmp_path,
     assert len(scans) == NUM_FACES
 
     decoded = []
-    original = AgeGenderApplication._decode_check
-    monkeypatch.setattr(AgeGenderApplication, "_decode_check", lambda self, path: decoded.append(path) or
-                        original(self, path))
+    original = ImageDecodeCheck.__call__
+    monkeypatch.setattr(ImageDecodeCheck, "__call__", lambda self, path: decoded.append(path) or original(self, path))
     prepare_quietly(make_app(config), fit=False)  # resuming: every image checked, all from the cache
     assert decoded == []
 
@@ -352,7 +351,7 @@ def test_every_listing_label_and_image_problem_is_listed_at_once(tmp_path):
 def test_label_cells_missing_words_and_non_finite_numbers():
     from sfg_keras.config import TaskSpec
     from sfg_keras.io.input_checks import InputCheckFailure
-    from sfg_keras_applications.labelled_images import label_value, parse_label
+    from sfg_keras_applications.image_labels import label_value, parse_label
 
     age = TaskSpec("age", "regression", 1, "L2Loss", 1.0, "csv:age")
     gender = TaskSpec("gender", "classification", 2, "CrossEntropy", 1.0, "csv:gender")

@@ -306,7 +306,7 @@ def test_age_gender_preprocessor_matches_decode_and_standardise(tmp_path, whiten
     pixels = tf.stack([tf.io.decode_image(tf.io.read_file(p), channels=3) for p in paths])  # uint8 [4, 32, 32, 3]
     served = preprocessor.preprocess(tf.cast(pixels, tf.float32)).numpy()
     app.prepare(fit=False)
-    standardise = app._standardiser()
+    standardise = app.standardiser()
     expected = np.stack([standardise(app.decode(tf.constant(p))).numpy() for p in paths])
     assert served.shape == expected.shape == (4, 24, 24, 3)
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
