@@ -13,7 +13,7 @@ target_scale` (`age_gender_settings`) and augment. Inference writes `inferred.cs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -338,8 +338,9 @@ class AgeGenderApplication(BaseApplication):
         """Reads, decodes (JPEG or PNG) and resizes one image: float32 `[height, width, channels]` in 0..255."""
         return decode_image(path, self.channels, self.image_size)
 
-    def standardiser(self):
-        """`image -> standardised image` with the training statistics (`image_datasets.standardiser`)."""
+    def standardiser(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        """`image -> standardised image` with the training statistics (`image_datasets.standardiser`; after
+        `prepare`)."""
         return standardiser(self.image_statistics, bool(self.settings.network.whitening))
 
     def _targets(self, images: LabelledImages) -> dict[str, np.ndarray]:
