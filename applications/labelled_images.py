@@ -18,8 +18,8 @@ row listed twice or with an empty `filename` cell, an image without a CSV row, a
 cell: regression labels must be finite numbers; an empty cell or `nan`, `na`, `n/a`, `none`, `null` means "missing"
 (as before), while `inf`, `-inf` or `infinity` are errors. Class labels must be integers `0..num_classes - 1`;
 `-1` or a missing word means "missing". The image files themselves (decodable, not truncated) are checked by the
-application (`AgeGenderApplication.check_images`), which decodes them as training does; `describe_image_bytes` says
-in messages what Pillow sees in a file that does not decode.
+application (`image_checks.check_image_files`), which decodes them as training does. The label sources and cells are
+parsed by `image_labels`.
 
 Example:
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import math
 import os
 from pathlib import Path
@@ -44,14 +43,9 @@ from sfg_keras.config import Settings, TaskSpec
 from sfg_keras.io import InputSection, match_section
 from sfg_keras.io.input_checks import InputCheckFailure, InputProblems, InputValidationError
 
+from .image_labels import FILENAME_TASKS, UTKFACE_NAME_FORMAT, label_value, missing_label
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-#: Tasks whose labels `filename` reads from UTKFace names, with the task type and the classes they need.
-FILENAME_TASKS = {"age": ("regression", 1), "gender": ("classification", 2), "race": ("classification", 5)}
-UTKFACE_NAME_FORMAT = "{age}_{gender}_{race}_{datetime}.jpg"
-#: Cells that mean "no label" (case-insensitive).
-MISSING_WORDS = ("", "nan", "na", "n/a", "none", "null")
-#: The first bytes of the formats TensorFlow's `decode_image` reads.
-IMAGE_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}
 #: Every problem text of a listed image that is not on disk contains it (see `raise_input_problems`).
 MISSING_FILE = "does not exist"
 
@@ -85,39 +79,6 @@ def raise_input_problems(problems: InputProblems) -> None:
     if problems.items and all(MISSING_FILE in item.problem for item in problems.items):
         raise MissingImagesError(problems.items, problems.context)
     problems.raise_if_any()
-
-
-def describe_image_bytes(data: bytes) -> str:
-    """What Pillow sees in the bytes of an image file, for messages about a file that does not decode.
-
-    Pillow (installed with matplotlib) reads the header, then decodes the pixels to tell a truncated file from an
-    unsupported one; without Pillow only the size and first bytes are described.
-
-    Example:
-
-    ```python
-    describe_image_bytes(Path("face.jpg").read_bytes()[:500])
-    # "a truncated or corrupt JPEG image (mode 'RGB', 32 x 32 pixels; Pillow: image file is truncated)"
-    describe_image_bytes(b"hello")  # "not a recognised image format (5 bytes starting with b'hello')"
-    ```
-    """
-    signature = next((name for magic, name in IMAGE_SIGNATURES.items() if data.startswith(magic)), None)
-    unknown = (f"a truncated or corrupt {signature} file (its header cannot be read)" if signature else
-               f"not a recognised image format ({len(data)} bytes starting with {data[:8]!r})")
-    try:
-        from PIL import Image
-    except ImportError:
-        return unknown
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = f"{image.format} image (mode {image.mode!r}, {image.width} x {image.height} pixels"
-            try:
-                image.load()
-            except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ...
-                return f"a truncated or corrupt {kind}; Pillow: {error})"
-            return f"a {kind})"
-    except Exception:  # UnidentifiedImageError and the decoders' own errors
-        return unknown
 
 
 @dataclasses.dataclass
@@ -199,135 +160,6 @@ def read_labelled_images(
     return images
 
 
-def label_source_problem(task: TaskSpec, section: str, has_csv: bool) -> tuple[str, object, str] | None:
-    """What is wrong with `task` for this reader, as `([MULTITASK] key, value, expected)`, or None.
-
-    Args:
-        task: the task.
-        section: the name of the image section (in messages).
-        has_csv: whether the image section sets `csv_data_file`.
-
-    Example:
-
-    ```python
-    label_source_problem(TaskSpec("smile", "classification", 2, "CrossEntropy", 1.0, "filename"), "IMAGES", False)
-    # ('labels', 'filename', "task 'smile' takes its label from the file name, ...")
-    ```
-    """
-    if task.type == "segmentation":
-        return "task_types", task.type, (
-            f"task {task.name!r} is a segmentation task; age_gender predicts one value per image: expected "
-            "regression or classification"
-        )
-    if task.type == "regression" and task.num_classes != 1:
-        return "num_classes", task.num_classes, (
-            f"regression task {task.name!r} has {task.num_classes} outputs; age_gender reads one value per image: "
-            "expected 1"
-        )
-    if task.label == "filename":
-        if task.name not in FILENAME_TASKS:
-            return "labels", task.label, (
-                f"task {task.name!r} takes its label from the file name, which holds only age, gender and race "
-                f"({UTKFACE_NAME_FORMAT}): name the task age, gender or race, or use csv:<column>"
-            )
-        task_type, classes = FILENAME_TASKS[task.name]
-        if task.type != task_type or (task_type == "classification" and task.num_classes < classes):
-            need = "regression" if task_type == "regression" else f"classification with >= {classes} classes"
-            return "task_types", task.type, (
-                f"task {task.name!r} with filename labels is {task.type} with {task.num_classes} outputs: expected "
-                f"{need}"
-            )
-    elif task.label.startswith("csv:"):
-        if not has_csv:
-            return "labels", task.label, (
-                f"task {task.name!r} reads column {task.label[4:]!r} of a CSV, but [{section}] csv_data_file is not "
-                "set: expected the CSV of per-image labels"
-            )
-    else:
-        return "labels", task.label, (
-            f"task {task.name!r} takes its label from input section [{task.label}]; age_gender reads labels from "
-            "file names or a CSV: expected filename or csv:<column>"
-        )
-    return None
-
-
-def label_value(text: str, task: TaskSpec) -> float | int:
-    """One stripped CSV cell as a label of `task`: a finite float (NaN if missing) or a class index (-1 if missing).
-
-    Missing: an empty cell or `nan`, `na`, `n/a`, `none`, `null` (any case); for a class label also `-1`.
-
-    Raises:
-        InputCheckFailure: not a number, not finite (`inf`), not an integer, or a class outside
-            `0..num_classes - 1`; with what was expected.
-
-    Example:
-
-    ```python
-    label_value("31", age_task), label_value("NaN", age_task), label_value("", gender_task)  # 31.0, nan, -1
-    label_value("inf", age_task)  # InputCheckFailure: 'inf' is not a finite number (task 'age')
-    ```
-    """
-    missing = text.lower() in MISSING_WORDS
-    if task.type == "regression":
-        if missing:
-            return math.nan
-        expected = "a finite number, or an empty cell (or nan, na, n/a, none, null) for a missing label"
-        try:
-            value = float(text)
-        except ValueError:
-            raise InputCheckFailure(f"{text!r} is not a number (task {task.name!r})", expected) from None
-        if not math.isfinite(value):
-            raise InputCheckFailure(f"{text!r} is not a finite number (task {task.name!r})", expected)
-        return value
-    if missing:
-        return -1
-    expected = (f"a class index 0..{task.num_classes - 1} ([MULTITASK] num_classes = {task.num_classes}), or an "
-                "empty cell (or -1) for a missing label")
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer():
-        raise InputCheckFailure(f"{text!r} is not a class index (task {task.name!r})", expected)
-    if value >= task.num_classes:
-        raise InputCheckFailure(
-            f"class {int(value)} of task {task.name!r} is not below [MULTITASK] num_classes = {task.num_classes}",
-            expected,
-        )
-    if value < -1:
-        raise InputCheckFailure(f"class {int(value)} of task {task.name!r} is negative", expected)
-    return int(value)
-
-
-def parse_label(text: str, task: TaskSpec, where: str) -> float | int:
-    """One CSV cell as a label of `task`: a float (NaN if missing) or a class index (-1 if missing).
-
-    Args:
-        text: the cell, stripped.
-        task: the task (its type and number of classes).
-        where: the place in messages, e.g. `"labels.csv, line 3, column 'kind'"`.
-
-    Raises:
-        ValueError: the problems of `label_value`, prefixed with `where`.
-
-    Example:
-
-    ```python
-    parse_label("1", gender_task, "labels.csv, line 2")  # 1
-    parse_label("", age_task, "labels.csv, line 2")  # nan
-    ```
-    """
-    try:
-        return label_value(text, task)
-    except InputCheckFailure as failure:
-        raise ValueError(f"{where}: {failure.problem}; expected {failure.expected}") from None
-
-
-def _missing(task: TaskSpec) -> float | int:
-    """The missing label of a task: NaN (regression) or -1 (classification)."""
-    return math.nan if task.type == "regression" else -1
-
-
 def _normalise_csv_name(name: str) -> str:
     name = name.strip().replace("\\", "/")
     while name.startswith("./"):
@@ -366,7 +198,7 @@ class _Reader:
         self.check_unique_names(files)
         csv_tasks = [t for t in self.tasks if t.label.startswith("csv:")]
         if csv_tasks and not self.labels_required and not Path(self.section.csv_data_file or "").is_file():
-            labels.update({task.name: np.asarray([_missing(task)] * len(files)) for task in csv_tasks})
+            labels.update({task.name: np.asarray([missing_label(task)] * len(files)) for task in csv_tasks})
         elif csv_tasks:
             labels.update(self.csv_labels(files, csv_tasks))
         order = sorted(range(len(files)), key=lambda i: Path(files[i][0]).name)
@@ -531,7 +363,7 @@ class _Reader:
     def cell_label(self, row: dict[str, str] | None, task: TaskSpec, subject: str, columns: set[str]) -> float:
         """The label of `task` in `row` (missing without a row or column); a bad cell is recorded as a problem."""
         column = task.label[4:]
-        missing = math.nan if task.type == "regression" else -1
+        missing = missing_label(task)
         if row is None or column not in columns:
             return missing
         try:

@@ -4,33 +4,25 @@ Per subject the config names three input sections: the MR (`[MULTITASK] image`),
 task) and the organ label map (label of the segmentation task), matched by file name as in NiftyNet. The network
 works on 2-D axial slices:
 
-- MR intensities: Nyul histogram standardisation learned on the training subjects (`[NETWORK] normalisation`,
-  saved to `histogram_ref_file` when training starts from scratch and loaded, never refitted, afterwards), then zero
-  mean and unit variance per volume (`whitening`).
+- MR intensities: histogram standardisation learned on the training subjects, then whitening (`mr_ct_normalisation`).
 - CT target: `HU / 1024 + 1`; predictions are mapped back to Hounsfield units.
-- Training: every axial slice of the training subjects is held in memory; the order is
-  `sfg_keras.data.example_order` and each slice gets one random flip, scaling and rotation seeded by
-  `([SYSTEM] seed, position)` (nearest neighbour for labels), a random `[MR_CT] patch_size` crop and zero padding to
-  `padded_size`, so batch `k` depends only on the seed and `k`. Padding and pixels rotated in from outside the slice
-  are masked out of the losses (CT target NaN, label -1).
+- Training: augmented `[MR_CT] patch_size` patches of every axial slice of the training subjects, batch `k` a
+  function of the seed and `k` only (`mr_ct_datasets`).
 - Inference: the subjects of `[INFERENCE] dataset_to_infer` among those found (the input sections' folders, or
   `[INFERENCE] input_dir`), checked against the run record (`sfg_keras.engine.provenance`: a subject the model was
   trained on is refused, the split file is never written); whole slices padded to a multiple of 8 (one
-  `InferenceInput` per subject), stitched back into volumes and written as NIfTI with the MR's affine and header:
-  `<task>_<subject><postfix>.nii.gz` (synthetic CT in HU, label map) and `<task>_<stat>_<subject><postfix>.nii.gz`
-  (CT standard deviation in HU with `inference_mode = mc`, label entropy), plus `inferred.csv` (file names relative
-  to its folder; the subject's phase, `trained_on` and the SHA-256 of its MR).
+  `InferenceInput` per subject), stitched back into volumes and written as NIfTI with the MR's affine and header,
+  plus `inferred.csv` (`mr_ct_outputs`).
 - Evaluation (`mr_ct_evaluation`): the references checked up front, then PSNR and MAE (whole volume, bone, per organ)
   and Dice per organ against the reference CT and labels, next to two trivial references.
 
-The volume and slice handling is in `mr_ct_data`, the evaluation in `mr_ct_evaluation`.
+The `[MR_CT]` section is in `mr_ct_settings`, the input checks in `mr_ct_checks`, the volume and slice handling in
+`mr_ct_data`.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,53 +30,46 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from sfg_keras.config import KeySpec, SectionSettings, TaskSpec
-from sfg_keras.config.schema import section_schema
-from sfg_keras.data import (
-    HistogramStandardisation,
-    batch_examples,
-    example_order,
-    random_crop_pad,
-    random_scale_rotate,
-    target_to_ct,
-    whiten,
-)
+from sfg_keras.config import TaskSpec
+from sfg_keras.data import HistogramStandardisation, batch_examples
 from sfg_keras.data.intensity import CT_SCALE
 from sfg_keras.engine.application import BaseApplication, InferenceInput
-from sfg_keras.io import (
-    InputSection,
-    atomic_path,
-    atomic_write_json,
-    match_subjects,
-    save_nifti,
-)
+from sfg_keras.io import save_nifti
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache
 
-from . import mr_ct_evaluation
-from .mr_ct_checks import FileRole, check_subjects, section_roles
+from .mr_ct_checks import check_references, check_subjects, section_roles
 from .mr_ct_data import (
     SliceData,
     SubjectContext,
-    centre_patch,
-    fill_value,
     inference_slices,
+    load_mr,
     load_subject,
-    load_volume,
+    match_files,
     samples_per_pass,
-    slices_back_to_volume,
     stack_slices,
     training_statistics,
 )
-from .mr_ct_evaluation import INFERRED_FILE, METRICS_FILE
+from .mr_ct_datasets import SliceAugmentation, training_batches, validation_batches
+from .mr_ct_evaluation import (
+    INFERRED_FILE,
+    METRICS_FILE,
+    EvaluationInputs,
+    evaluate_subject,
+    inferred_references,
+    read_inferred,
+    select_metrics,
+    summary_text,
+    write_metrics_atomically,
+)
+from .mr_ct_normalisation import MRNormalisation
+from .mr_ct_outputs import inferred_column, output_file_name, task_volumes, write_inferred_table
+from .mr_ct_settings import APP_KEYS, SECTION, section_problem, task_problem
 
 if TYPE_CHECKING:
     from sfg_keras.serving import VolumePreprocessor
 
-__all__ = ["INFERRED_FILE", "METRICS_FILE", "MRCTApplication", "SubjectContext", "TRAINING_STATISTICS_FILE"]
+__all__ = ["CT_RANGE_HU", "MRCTApplication"]
 
-SECTION = "MR_CT"
-DEFAULT_LABEL_NAMES = ("background", "bone", "bladder", "prostate", "rectum")
-TRAINING_STATISTICS_FILE = "training_statistics.json"
 #: Default range of synthetic CT (`[INFERENCE] output_bounds`): a 12-bit CT, air at -1024 HU.
 CT_RANGE_HU = (-1024.0, 3071.0)
 
@@ -111,31 +96,8 @@ class MRCTApplication(BaseApplication):
     ```
     """
 
-    APP_SECTIONS = {
-        SECTION: [
-            KeySpec(
-                "patch_size", "int_list", (128, 128), "Height and width of the random training patches.", minimum=1
-            ),
-            KeySpec(
-                "padded_size", "int_list", (136, 136),
-                "Size the patches are zero-padded to; the padding is masked out of the losses.", minimum=1,
-            ),
-            KeySpec(
-                "label_names", "str_list", DEFAULT_LABEL_NAMES,
-                "Name of each label value 0..C-1 of the segmentation task (metric column names).",
-            ),
-            KeySpec(
-                "bone_label", "int", 1,
-                "Label value of bone (regions of psnr_bone and mae_bone); must be the label named 'bone' when "
-                "label_names has one.", minimum=1,
-            ),
-            KeySpec(
-                "check_hounsfield", "bool", True,
-                "Refuse CT references whose values cannot be Hounsfield units (no voxel below -900 HU, e.g. HU + 1024 "
-                "stored unsigned); False accepts them.",
-            ),
-        ]
-    }
+    APP_SECTIONS = {SECTION: APP_KEYS}
+    APP_SECTION = SECTION
     name = "mr_ct"
 
     def __init__(self, settings):
@@ -151,82 +113,20 @@ class MRCTApplication(BaseApplication):
 
     # === Settings ===
 
-    @property
-    def app_settings(self) -> SectionSettings:
-        """The `[MR_CT]` section (its defaults when the settings were loaded without `APP_SECTIONS`)."""
-        if SECTION in self.settings.app_sections:
-            return self.settings.app_sections[SECTION]
-        schema = section_schema(self.APP_SECTIONS[SECTION], SECTION)
-        return SectionSettings(SECTION, {key: spec.default for key, spec in schema.items()}, schema=schema)
-
     def check_settings(self) -> None:
         """Checks the task list, the `[MR_CT]` sizes and label names, the augmentation and the flipping axes."""
-        self._check_tasks()
-        self._check_app_section()
-        self.augmentation_ranges()
-        flips = [axis for axis in self.settings.training.random_flipping_axes if axis != -1]
-        if any(axis not in (0, 1) for axis in flips):
-            raise self.config_error(
-                "TRAINING", "random_flipping_axes", self.settings.training.random_flipping_axes,
-                "axial slices can be flipped along axis 0 (x) or 1 (y); expected -1, 0 or 1",
-            )
-
-    def _check_tasks(self) -> None:
-        multitask = self.settings.multitask
         for task in self.tasks:
-            if task.type not in ("regression", "segmentation"):
-                raise self.config_error(
-                    "MULTITASK", "task_types", multitask.task_types,
-                    f"the mr_ct application predicts volumes; task {task.name!r} is {task.type}, expected "
-                    "regression (CT) or segmentation (labels)",
-                )
-            if task.label not in self.settings.inputs:
-                raise self.config_error(
-                    "MULTITASK", "labels", multitask.labels,
-                    f"task {task.name!r} takes its reference from {task.label!r}; expected the name of an input "
-                    f"section holding NIfTI volumes ({', '.join(self.settings.inputs)})",
-                )
-            if task.type == "regression" and int(task.num_classes) != 1:
-                raise self.config_error(
-                    "MULTITASK", "num_classes", multitask.num_classes,
-                    f"regression task {task.name!r} predicts one CT channel; expected num_classes 1",
-                )
-
-    def _check_app_section(self) -> None:
-        app = self.app_settings
-        for key in ("patch_size", "padded_size"):
-            if len(app[key]) != 2:
-                raise self.config_error(SECTION, key, app[key], "expected two sizes: height, width")
-        if any(p < c for p, c in zip(app.padded_size, app.patch_size)):
-            raise self.config_error(
-                SECTION, "padded_size", app.padded_size, f"expected at least patch_size {tuple(app.patch_size)}"
-            )
-        segmentation = self.segmentation_tasks
-        if segmentation:
-            classes = int(segmentation[0].num_classes)
-            if len(app.label_names) != classes:
-                raise self.config_error(
-                    SECTION, "label_names", app.label_names,
-                    f"expected {classes} names, one per class of task {segmentation[0].name!r} (num_classes "
-                    f"{classes}), in label order starting with the background",
-                )
-            if app.bone_label >= classes:
-                raise self.config_error(
-                    SECTION, "bone_label", app.bone_label, f"expected a label value in 1..{classes - 1}"
-                )
-            names = [str(name).strip().lower() for name in app.label_names]
-            if "mean" in names[1:]:
-                raise self.config_error(
-                    SECTION, "label_names", app.label_names,
-                    "a label named 'mean' would write its Dice over dice_mean, the mean Dice; expected another name",
-                )
-            if "bone" in names and names.index("bone") != app.bone_label:
-                raise self.config_error(
-                    SECTION, "bone_label", app.bone_label,
-                    f"label_names = {', '.join(app.label_names)} names label {names.index('bone')} 'bone', but "
-                    f"bone_label {app.bone_label} is {app.label_names[app.bone_label]!r}: psnr_bone and mae_bone would "
-                    f"describe another tissue; expected bone_label = {names.index('bone')}",
-                )
+            problem = task_problem(task, self.settings.multitask, list(self.settings.inputs))
+            if problem:
+                raise self.config_error("MULTITASK", *problem)
+        problem = section_problem(self.app_settings, self.segmentation_tasks)
+        if problem:
+            raise self.config_error(SECTION, *problem)
+        self.augmentation_ranges()
+        axes = self.settings.training.random_flipping_axes
+        if any(axis not in (-1, 0, 1) for axis in axes):
+            raise self.config_error("TRAINING", "random_flipping_axes", axes,
+                                    "axial slices can be flipped along axis 0 (x) or 1 (y); expected -1, 0 or 1")
 
     @property
     def regression_tasks(self) -> list[TaskSpec]:
@@ -292,7 +192,7 @@ class MRCTApplication(BaseApplication):
         """
         from .mr_ct_serving import volume_preprocessor
 
-        return volume_preprocessor(self.saved_standardiser(), bool(self.settings.network.whitening))
+        return volume_preprocessor(self.normalisation.saved_standardiser(), bool(self.settings.network.whitening))
 
     # === Files and subjects ===
 
@@ -314,19 +214,7 @@ class MRCTApplication(BaseApplication):
         Raises:
             FileNotFoundError, ValueError: from `sfg_keras.io` (missing folder, subject missing a section, ...).
         """
-        inputs = []
-        other_folder = self.input_dir
-        for name in dict.fromkeys(sections):
-            section = self.settings.inputs[name]
-            inputs.append(InputSection(
-                name=name,
-                path_to_search=[str(other_folder)] if other_folder else list(section.path_to_search),
-                filename_contains=list(section.filename_contains),
-                filename_not_contains=list(section.filename_not_contains),
-                filename_removefromid=section.filename_removefromid or None,
-                csv_file=None if other_folder else section.csv_file or None,
-            ))
-        return match_subjects(inputs, base_dir=self.settings.config_dir, required=required)
+        return match_files(self.settings, sections, self.input_dir, required)
 
     def subject_files(self, subjects: list[str]) -> dict[str, dict[str, str]]:
         """`{subject: {section: file}}` of the MR and reference files of `subjects` (after `prepare`)."""
@@ -336,9 +224,7 @@ class MRCTApplication(BaseApplication):
 
     def legacy_training_subjects(self) -> list[str]:
         """The training subjects listed in `training_statistics.json` by older versions."""
-        if not self.statistics_file.is_file():
-            return []
-        return list(json.loads(self.statistics_file.read_text(encoding="utf-8")).get("training_subjects", []))
+        return self.normalisation.legacy_training_subjects()
 
     def num_training_examples(self) -> int | None:
         """The training slices (after `prepare`)."""
@@ -352,43 +238,13 @@ class MRCTApplication(BaseApplication):
     # === Normalisation ===
 
     @property
-    def histogram_file(self) -> Path:
-        """`[NETWORK] histogram_ref_file`."""
-        return Path(self.settings.network.histogram_ref_file)
-
-    @property
-    def statistics_file(self) -> Path:
-        """`model_dir/training_statistics.json`."""
-        return self.model_dir / TRAINING_STATISTICS_FILE
-
-    def _missing(self, path: Path, what: str) -> FileNotFoundError:
-        return FileNotFoundError(
-            f"{path} does not exist: {what} is written when training starts from scratch (sfg_run train -c "
-            f"{self.settings.config_path})."
-        )
-
-    def saved_standardiser(self) -> HistogramStandardisation | None:
-        """The histogram standardisation saved at training time (never refitted), or None when it is off."""
-        if not self.settings.network.normalisation:
-            return None
-        if not self.histogram_file.is_file():
-            raise self._missing(self.histogram_file, "the histogram file of [NETWORK] normalisation")
-        return HistogramStandardisation.load(self.histogram_file)
-
-    def training_statistics(self) -> dict:
-        """The statistics written at training time (`model_dir/training_statistics.json`)."""
-        if not self.statistics_file.is_file():
-            raise self._missing(self.statistics_file, "the training statistics file")
-        return json.loads(self.statistics_file.read_text(encoding="utf-8"))
+    def normalisation(self) -> MRNormalisation:
+        """The MR normalisation of the run and the files it is saved in (`mr_ct_normalisation`)."""
+        return MRNormalisation.from_settings(self.settings)
 
     def normalise_mr(self, mr: np.ndarray, standardiser: HistogramStandardisation | None) -> np.ndarray:
         """Histogram standardisation (when given) then whitening (when `[NETWORK] whitening`), float32."""
-        data = np.asarray(mr, dtype=np.float32)
-        if standardiser is not None:
-            data = standardiser.transform(data)
-        if self.settings.network.whitening:
-            data = whiten(data)
-        return data.astype(np.float32)
+        return self.normalisation.normalise(mr, standardiser)
 
     # === prepare ===
 
@@ -416,7 +272,7 @@ class MRCTApplication(BaseApplication):
         if fit or action == "train":
             self._prepare_training(fit)
         elif action == "inference":
-            self.standardiser = self.saved_standardiser()
+            self.standardiser = self.normalisation.saved_standardiser()
             rows = self.match_files([self.image_section])
             by_subject = {str(row["subject"]): row for row in rows}
             found = {subject: {self.image_section: str(row[self.image_section])} for subject, row in by_subject.items()}
@@ -424,10 +280,10 @@ class MRCTApplication(BaseApplication):
             self._check_inputs(rows, "MR inputs to infer", [], keep=False)  # the cache is training's: not saved
             self._rows_to_infer = rows
         elif action == "evaluation":
-            self.statistics = self.training_statistics()
+            self.statistics = self.normalisation.training_statistics()
 
     def _prepare_training(self, fit: bool) -> None:
-        saved = None if fit else self.saved_standardiser()  # a missing file is reported before anything is written
+        saved = None if fit else self.normalisation.saved_standardiser()  # reported before anything is written
         sections = [self.image_section, *self.reference_sections]
         rows = {str(row["subject"]): row for row in self.match_files(sections)}
         split = self.split(list(rows))
@@ -443,7 +299,7 @@ class MRCTApplication(BaseApplication):
         volumes = {s: load_subject(rows[s], sections, self.segmentation_tasks, loaded) for s in subjects}
         del loaded
         if fit:
-            standardiser = self._fit_standardiser([volumes[s][self.image_section].data for s in training])
+            standardiser = self.normalisation.fit_standardiser([volumes[s][self.image_section].data for s in training])
             statistics = training_statistics(training, volumes, self.tasks)
         else:
             standardiser, statistics = saved, None
@@ -453,7 +309,7 @@ class MRCTApplication(BaseApplication):
             stack_slices(validation, volumes, self.image_section, self.tasks, normalise) if validation else None
         )
         if fit:
-            self._save_normalisation(standardiser, statistics)
+            self.normalisation.save(standardiser, statistics)
         cache.save()
         self._rows = rows
         self.standardiser, self.statistics = standardiser, statistics
@@ -471,14 +327,6 @@ class MRCTApplication(BaseApplication):
                               hounsfield=bool(self.app_settings.check_hounsfield))
         context = f"{context} of {self.settings.config_path}"
         return check_subjects(rows, roles, cache, context, keep=keep), cache
-
-    def check_references(self, rows: list[dict]) -> None:
-        """Checks the reference files of `rows` up front, as training checks its inputs (readable 3-D volumes on
-        the MR's grid, finite, a CT in Hounsfield units, labels in range); raises every problem at once."""
-        cache = ScanCache(self.model_dir / SCAN_CACHE_FILE)  # read only: evaluation changes no file of training
-        roles = [FileRole(self.image_section), *section_roles(
-            None, self.tasks, foreground=False, hounsfield=bool(self.app_settings.check_hounsfield))]
-        check_subjects(rows, roles, cache, f"references to evaluate of {self.settings.config_path}")
 
     def training_files(self) -> list[str]:
         """The files the normalisation and the training statistics are fitted on: the MR and reference files of the
@@ -500,19 +348,6 @@ class MRCTApplication(BaseApplication):
             self._training_files = [str(rows[s][name]) for s in training for name in dict.fromkeys(sections)]
         return list(self._training_files)
 
-    def _fit_standardiser(self, training_mr: list[np.ndarray]) -> HistogramStandardisation | None:
-        if not self.settings.network.normalisation:
-            return None
-        network = self.settings.network
-        return HistogramStandardisation(cutoff=network.cutoff, landmarks=network.norm_type).fit(training_mr)
-
-    def _save_normalisation(self, standardiser: HistogramStandardisation | None, statistics: dict) -> None:
-        if standardiser is not None:
-            with atomic_path(self.histogram_file) as temporary:
-                standardiser.save(temporary)
-            print(f"Histogram standardisation: learned on the training subjects -> {self.histogram_file}")
-        atomic_write_json(self.statistics_file, statistics)
-
     def _prepared(self, value, hook: str):
         if value is None:
             raise RuntimeError(
@@ -523,39 +358,16 @@ class MRCTApplication(BaseApplication):
 
     # === Datasets ===
 
-    def _augment(self, position, image, targets, seed):
-        """One training element: flips, scaling and rotation, random crop and padding, masking."""
-        seeds = tf.random.experimental.stateless_split(tf.stack([seed, position]), 3)
-        entries = {"image": image, "valid": tf.ones_like(image)}
-        entries.update({f"task_{name}": target for name, target in targets.items()})
-        flips = sorted({axis for axis in self.settings.training.random_flipping_axes if axis in (0, 1)})
-        if flips:
-            draws = tf.random.stateless_uniform([len(flips)], seed=seeds[2])
-            for number, axis in enumerate(flips):
-                flip = draws[number] < 0.5
-                entries = {
-                    key: tf.cond(flip, lambda v=value, a=axis: tf.reverse(v, [a]), lambda v=value: v)
-                    for key, value in entries.items()
-                }
+    def slice_augmentation(self) -> SliceAugmentation:
+        """The augmentation of the training slices: `[TRAINING]` flips, scaling and rotation, the `[MR_CT]` crop and
+        padding (see `mr_ct_datasets`)."""
         scale, degrees = self.augmentation_ranges()
-        if scale > 0 or degrees > 0:
-            # Rotate the MR relative to its darkest value, so that pixels entering from outside look like air.
-            background = tf.reduce_min(entries["image"])
-            entries["image"] = entries["image"] - background
-            nearest = {"valid"} | {f"task_{task.name}" for task in self.segmentation_tasks}
-            entries = random_scale_rotate(entries, seeds[0], scale_range=scale, max_degrees=degrees, nearest=nearest)
-            entries["image"] = entries["image"] + background
-        entries, mask = random_crop_pad(entries, seeds[1], crop=self.patch_size, pad_to=self.padded_patch_size)
-        keep = (mask > 0.5) & (entries["valid"] > 0.5)
-        regression = {task.name for task in self.regression_tasks}
-        outputs = {}
-        for name in targets:
-            value = entries[f"task_{name}"]
-            if name in regression:
-                outputs[name] = tf.where(keep, value, tf.fill(tf.shape(value), np.float32(np.nan)))
-            else:
-                outputs[name] = tf.cast(tf.where(keep, value, -1.0), tf.int32)[..., 0]
-        return entries["image"], outputs
+        return SliceAugmentation(
+            flip_axes=tuple(sorted({axis for axis in self.settings.training.random_flipping_axes if axis in (0, 1)})),
+            scale_range=scale, max_degrees=degrees, patch_size=self.patch_size, padded_size=self.padded_patch_size,
+            regression=frozenset(task.name for task in self.regression_tasks),
+            segmentation=frozenset(task.name for task in self.segmentation_tasks),
+        )
 
     def training_dataset(self, first_batch: int) -> tf.data.Dataset:
         """Infinite batches of augmented `[MR_CT] padded_size` patches from batch `first_batch` on.
@@ -565,17 +377,7 @@ class MRCTApplication(BaseApplication):
         and `k`: `training_dataset(k)` yields the batches `k, k+1, ...` of `training_dataset(0)`.
         """
         data: SliceData = self._prepared(self.training_data, "training_dataset")
-        images = tf.constant(data.images)
-        targets = {name: tf.constant(values) for name, values in data.targets.items()}
-        seed = tf.constant(self.seed, tf.int64)
-
-        def element(position, index):
-            target = {name: tf.gather(values, index) for name, values in targets.items()}
-            return self._augment(position, tf.gather(images, index), target, seed)
-
-        order = example_order(len(data), seed=self.seed, first_position=int(first_batch) * self.batch_size)
-        dataset = order.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return dataset.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return training_batches(data, self.slice_augmentation(), self.seed, self.batch_size, first_batch)
 
     def describe_batch(self, batch: int) -> str:
         """The subjects and slices of training batch `batch`, e.g. "subj_003 slice 41, subj_000 slice 7"."""
@@ -590,22 +392,9 @@ class MRCTApplication(BaseApplication):
         data = self.validation_data
         if data is None:
             return None
-        order = np.random.default_rng(self.seed).permutation(len(data))
-        images = centre_patch(data.images[order], 0.0, self.patch_size, self.padded_patch_size)
-        targets = {}
-        for task in self.tasks:
-            target = centre_patch(data.targets[task.name][order], fill_value(task), self.patch_size,
-                                  self.padded_patch_size)
-            targets[task.name] = target if task.type == "regression" else target[..., 0].astype(np.int32)
-        dataset = tf.data.Dataset.from_tensor_slices((images, targets))
-        return dataset.batch(self.batch_size).repeat().prefetch(tf.data.AUTOTUNE)
+        return validation_batches(data, self.tasks, self.seed, self.batch_size, self.patch_size, self.padded_patch_size)
 
     # === Inference ===
-
-    def output_name(self, task: str, subject: str, statistic: str = "") -> str:
-        """`<task>[_<statistic>]_<subject><postfix>.nii.gz`."""
-        key = f"{task}_{statistic}" if statistic else task
-        return f"{key}_{subject}{self.settings.inference.output_postfix}.nii.gz"
 
     def inference_inputs(self) -> Iterator[InferenceInput]:
         """One `InferenceInput` per subject of `[INFERENCE] dataset_to_infer`: its normalised MR slices padded to a
@@ -616,49 +405,13 @@ class MRCTApplication(BaseApplication):
         batch_size = int(inference.batch_size)
         for row in rows:
             subject = str(row["subject"])
-            mr = load_volume(row[self.image_section])
-            if mr.data.ndim != 3:
-                raise ValueError(
-                    f"Subject '{subject}': [{self.image_section}] {mr.path} has shape {mr.data.shape}; expected a "
-                    "3-D volume [X, Y, Z]."
-                )
+            mr = load_mr(row[self.image_section], self.image_section, subject)
             inputs, size = inference_slices(self.normalise_mr(mr.data, self.standardiser))
             samples = None
             if inference.inference_mode == "mc":
                 samples = samples_per_pass(int(inference.num_samples), min(batch_size, len(inputs)), inputs.shape[1:3])
             yield InferenceInput(subject, inputs, batch_size=batch_size, samples_per_pass=samples,
                                  context=SubjectContext(reference=mr, slice_size=size))
-
-    def _task_volumes(self, item: InferenceInput, task: TaskSpec, predictions: dict) -> list[tuple]:
-        """`[(statistic, volume, dtype)]` of one task: CT (and its MC std) in HU, or the label map and entropy."""
-        values = predictions.get(task.name, {})
-        mc = self.settings.inference.inference_mode == "mc"
-        needed = ("label", "entropy") if task.type == "segmentation" else ("mean", "std") if mc else ("mean",)
-        missing = [key for key in needed if key not in values]
-        if missing:
-            raise ValueError(
-                f"Predictions of subject '{item.key}' have no {missing} for task {task.name!r}: expected "
-                f"{{task: {{key: array}}}} with keys {list(needed)} (the schema of sfg_keras.inference.predict). "
-                f"Received tasks {sorted(predictions)}."
-            )
-
-        def volume(key: str) -> np.ndarray:
-            slices = np.asarray(values[key])
-            if slices.ndim == 4 and slices.shape[-1] == 1:
-                slices = slices[..., 0]
-            if slices.ndim != 3 or slices.shape[0] != len(item.inputs):
-                raise ValueError(
-                    f"Predictions of subject '{item.key}': {task.name}.{key} has shape {slices.shape}; expected "
-                    f"[{len(item.inputs)}, H, W(, 1)], one map per slice."
-                )
-            return slices_back_to_volume(slices, item.context.slice_size)
-
-        if task.type == "segmentation":
-            return [("", volume("label"), np.uint8), ("entropy", volume("entropy"), np.float32)]
-        outputs = [("", target_to_ct(volume("mean")), np.float32)]
-        if mc:
-            outputs.append(("std", volume("std") * CT_SCALE, np.float32))
-        return outputs
 
     def write_outputs(self, item: InferenceInput, predictions: dict) -> list[Path]:
         """Writes the NIfTI volumes of one subject (atomically) with the MR's affine and header.
@@ -676,12 +429,14 @@ class MRCTApplication(BaseApplication):
         context: SubjectContext = item.context
         entry = {"subject": item.key, "image": str(context.reference.path or "")}
         written: list[Path] = []
+        mc, postfix = self.settings.inference.inference_mode == "mc", self.settings.inference.output_postfix
         for task in self.tasks:
-            for statistic, data, dtype in self._task_volumes(item, task, predictions):
-                path = self.output_dir / self.output_name(task.name, item.key, statistic)
+            for statistic, data, dtype in task_volumes(predictions, task, item.key, len(item.inputs),
+                                                       context.slice_size, mc):
+                path = self.output_dir / output_file_name(task.name, item.key, postfix, statistic)
                 save_nifti(path, np.asarray(data).astype(dtype), reference=context.reference, dtype=dtype)  # atomic
                 written.append(path)
-                entry[f"{task.name}_{statistic}" if statistic else task.name] = path.name  # relative to the table
+                entry[inferred_column(task.name, statistic)] = path.name  # relative to the table
         entry.update(self.provenance_columns(item.key))
         self._inferred[item.key] = entry
         return written
@@ -690,14 +445,7 @@ class MRCTApplication(BaseApplication):
         """Writes `save_seg_dir/inferred.csv`: a row per subject, its file for every task and statistic (relative
         to the table's folder, so that a copied or moved output folder reads its own files), and its provenance
         (`phase`, `trained_on`, `input_sha256`)."""
-        table = list(self._inferred.values())
-        columns = list(dict.fromkeys(key for entry in table for key in entry)) or ["subject"]
-        path = self.output_dir / INFERRED_FILE
-        with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(table)
-        return [path]
+        return [write_inferred_table(self.output_dir / INFERRED_FILE, list(self._inferred.values()))]
 
     def report_figures(self) -> list:
         """Mid-slices of MR, synthetic CT, labels and uncertainty of every inferred subject (`mr_ct_report`)."""
@@ -708,10 +456,41 @@ class MRCTApplication(BaseApplication):
     # === Evaluation ===
 
     def evaluate(self) -> list[Path]:
-        """Metrics of the inferred volumes against the references (see `mr_ct_evaluation`).
+        """Metrics of the inferred volumes against the references (see `mr_ct_evaluation`), after checking that every
+        inferred subject has its MR and references, was predicted from the MR found now and was not trained on
+        (`evaluation_subjects`), and that its references pass the input checks (`mr_ct_checks.check_references`).
 
         Returns:
             `[save_csv_dir/mr_ct_metrics.csv, save_csv_dir/mr_ct_metrics_summary.csv]`.
+
+        Raises:
+            FileNotFoundError: no `inferred.csv` (run inference first).
+            ValueError: an inferred subject without reference volumes, or a prediction of another shape.
+            ConfigError: an unknown metric in `[EVALUATION] evaluations`.
         """
-        statistics = self.statistics if self.statistics is not None else self.training_statistics()
-        return mr_ct_evaluation.evaluate(self, statistics)
+        statistics = self.statistics if self.statistics is not None else self.normalisation.training_statistics()
+        inputs = EvaluationInputs(tuple(self.tasks), tuple(self.app_settings.label_names),
+                                  int(self.app_settings.bone_label), statistics)
+        inferred_path = self.output_dir / INFERRED_FILE
+        inferred = read_inferred(inferred_path, [task.name for task in self.tasks], self.settings.config_path)
+        names = list(dict.fromkeys([self.image_section, *self.reference_sections]))
+        where = f"[INFERENCE] input_dir {self.input_dir}" if self.input_dir else "the input sections"
+        references = inferred_references(self.match_files(names, required=[]), inferred, names, inferred_path, where)
+        found = {subject: {name: str(row[name]) for name in names} for subject, row in references.items()}
+        inferred = self.evaluation_subjects(inferred, found, inferred_path)
+        cache = ScanCache(self.model_dir / SCAN_CACHE_FILE)  # read only: evaluation changes no file of training
+        check_references([references[entry["subject"]] for entry in inferred], self.image_section, self.tasks, cache,
+                         bool(self.app_settings.check_hounsfield),
+                         f"references to evaluate of {self.settings.config_path}")
+        print(inputs.describe(len(inferred)))
+        rows = [evaluate_subject(inputs, entry["subject"], entry,
+                                 {name: references[entry["subject"]][name] for name in self.reference_sections})
+                for entry in inferred]
+        evaluations = self.settings.evaluation.evaluations
+        try:
+            rows = select_metrics(rows, evaluations)
+        except ValueError as error:
+            raise self.config_error("EVALUATION", "evaluations", evaluations, str(error)) from None
+        written = write_metrics_atomically(rows, self.evaluation_dir / METRICS_FILE)
+        print(summary_text(rows))
+        return list(written)

@@ -328,6 +328,24 @@ def check_subject(row: Mapping[str, Any], roles: Sequence[FileRole], cache: Scan
             problems.add(path, problem, expected, subject)
 
 
+def check_references(rows: Sequence[Mapping[str, Any]], image_section: str, tasks: Sequence[TaskSpec],
+                     cache: ScanCache, hounsfield: bool, context: str) -> None:
+    """Checks the reference files of `rows` as training checks its inputs (readable 3-D volumes on the MR's grid,
+    finite, a CT in Hounsfield units with `hounsfield`, labels in range); the MR is read as the reference grid only.
+
+    Raises:
+        InputValidationError: every problem found (a `ValueError`).
+
+    Example:
+
+    ```python
+    check_references(rows, "MR", tasks, ScanCache(model_dir / SCAN_CACHE_FILE), True, "references to evaluate")
+    ```
+    """
+    roles = [FileRole(image_section), *section_roles(None, tasks, foreground=False, hounsfield=hounsfield)]
+    check_subjects(rows, roles, cache, context)
+
+
 def check_subjects(rows: Sequence[Mapping[str, Any]], roles: Sequence[FileRole], cache: ScanCache, context: str,
                    keep: bool = False) -> dict[str, NiftiVolume]:
     """Checks every file of every subject and raises one error listing all problems; writes nothing.

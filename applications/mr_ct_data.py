@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from sfg_keras.config import TaskSpec
+from sfg_keras.config import Settings, TaskSpec
 from sfg_keras.data import (
     crop_slices_from,
     ct_to_target,
@@ -29,7 +29,7 @@ from sfg_keras.data import (
     slices_to_volume,
     volume_to_slices,
 )
-from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
+from sfg_keras.io import InputSection, NiftiVolume, check_same_geometry, load_nifti, match_subjects
 
 #: Whole slices are padded to a multiple of this at inference (three stride-2 levels of the networks).
 SLICE_MULTIPLE = 8
@@ -123,6 +123,40 @@ def check_labels(volumes: Mapping[str, NiftiVolume], subject: str, segmentation_
             )
 
 
+def match_files(settings: Settings, sections: Sequence[str], other_folder: str | None = None,
+                required: Sequence[str] | None = None) -> list[dict[str, str | None]]:
+    """`sfg_keras.io.match_subjects` over the named input sections of `settings`.
+
+    Args:
+        settings: the run's settings (the input sections and the config folder).
+        sections: the input sections to match (repeats are ignored).
+        other_folder: a folder searched instead of every section's `path_to_search` (`[INFERENCE] input_dir`; the
+            sections' `csv_file` is then not used).
+        required: the sections every subject must have (default: all).
+
+    Raises:
+        FileNotFoundError, ValueError: from `sfg_keras.io` (missing folder, subject missing a section, ...).
+
+    Example:
+
+    ```python
+    rows = match_files(settings, ["MR", "CT", "LABEL"])  # [{"subject": "subj_000", "MR": ".../s0_mr.nii.gz", ...}]
+    ```
+    """
+    inputs = []
+    for name in dict.fromkeys(sections):
+        section = settings.inputs[name]
+        inputs.append(InputSection(
+            name=name,
+            path_to_search=[str(other_folder)] if other_folder else list(section.path_to_search),
+            filename_contains=list(section.filename_contains),
+            filename_not_contains=list(section.filename_not_contains),
+            filename_removefromid=section.filename_removefromid or None,
+            csv_file=None if other_folder else section.csv_file or None,
+        ))
+    return match_subjects(inputs, base_dir=settings.config_dir, required=required)
+
+
 def load_volume(path: str) -> NiftiVolume:
     """`load_nifti` of a volume `[X, Y, Z]`: a trailing 4th axis of size 1 (`[X, Y, Z, 1]`) is dropped.
 
@@ -136,6 +170,26 @@ def load_volume(path: str) -> NiftiVolume:
     if volume.data.ndim == 4 and volume.data.shape[3] == 1:
         volume.data = volume.data[..., 0]
     return volume
+
+
+def load_mr(path: str, section: str, subject: str) -> NiftiVolume:
+    """`load_volume` of a subject's MR, which must be 3-D.
+
+    Raises:
+        ValueError: the volume is not 3-D (naming the subject, the section and the file).
+
+    Example:
+
+    ```python
+    mr = load_mr("data/MR/subj_000_mr.nii.gz", "MR", "subj_000")
+    ```
+    """
+    mr = load_volume(path)
+    if mr.data.ndim != 3:
+        raise ValueError(
+            f"Subject '{subject}': [{section}] {mr.path} has shape {mr.data.shape}; expected a 3-D volume [X, Y, Z]."
+        )
+    return mr
 
 
 def load_subject(

@@ -10,26 +10,29 @@ columns.
 Before anything is computed: every inferred subject must be found with its MR and references (in the input
 sections, or `[INFERENCE] input_dir` when inference used one), its MR must be the file the predictions were made
 from (`input_sha256`), the model must not have been trained on it (`BaseApplication.evaluation_subjects`), and every
-reference is checked like a training input (`MRCTApplication.check_references`: NaN, label range, shape, Hounsfield
-units). Prediction files are read relative to `inferred.csv`'s folder.
+reference is checked like a training input (`mr_ct_checks.check_references`: NaN, label range, shape, Hounsfield
+units); `MRCTApplication.evaluate` does these checks and calls this module's functions, which take what they need
+(an `EvaluationInputs`), not the application. Prediction files are read relative to `inferred.csv`'s folder.
 
 Example:
 
 ```python
-paths = evaluate(app, app.training_statistics())  # [mr_ct_metrics.csv, mr_ct_metrics_summary.csv]
+inputs = EvaluationInputs(tuple(tasks), ("background", "bone"), bone_label=1, statistics=training_statistics)
+rows = [evaluate_subject(inputs, subject, predicted[subject], references[subject]) for subject in subjects]
+write_metrics_atomically(rows, Path("model/evaluation") / METRICS_FILE)
 ```
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,11 +44,50 @@ from sfg_keras.io.input_checks import bullet_list
 
 from .mr_ct_data import load_volume
 
-if TYPE_CHECKING:
-    from .mr_ct import MRCTApplication
-
 INFERRED_FILE = "inferred.csv"
 METRICS_FILE = "mr_ct_metrics.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationInputs:
+    """What the evaluation of one subject needs of the run: its tasks, `[MR_CT]` label names and bone label, and the
+    training statistics.
+
+    Attributes:
+        tasks: the `[MULTITASK]` tasks, in task order (the first regression task is the CT, the first segmentation
+            task the organ labels).
+        label_names: the name of every label value of the segmentation task (`[MR_CT] label_names`).
+        bone_label: the label of the bone metrics (`[MR_CT] bone_label`).
+        statistics: the training statistics (`<task>_mean_hu` of the CT task for the mean-CT reference).
+
+    Example:
+
+    ```python
+    EvaluationInputs(tuple(settings.task_specs()), ("background", "bone"), 1, {"ct_mean_hu": -400.0})
+    ```
+    """
+
+    tasks: tuple[TaskSpec, ...]
+    label_names: tuple[str, ...]
+    bone_label: int
+    statistics: Mapping = dataclasses.field(default_factory=dict)
+
+    @property
+    def regression_tasks(self) -> list[TaskSpec]:
+        """The regression (CT) tasks, in task order."""
+        return [task for task in self.tasks if task.type == "regression"]
+
+    @property
+    def segmentation_tasks(self) -> list[TaskSpec]:
+        """The segmentation (label map) tasks, in task order."""
+        return [task for task in self.tasks if task.type == "segmentation"]
+
+    def describe(self, count: int) -> str:
+        """The message evaluation prints first, e.g. "Evaluating 3 subjects; bone metrics over label 1 ('bone')"."""
+        message = f"Evaluating {count} subjects"
+        if self.segmentation_tasks and self.regression_tasks:
+            message += f"; bone metrics over label {self.bone_label} ({self.label_names[self.bone_label]!r})"
+        return message
 
 
 def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> list[dict[str, str]]:
@@ -157,32 +199,30 @@ def _reference_metrics(data: _Subject, ct_task, organ_task, label_names: dict[in
 
 
 def evaluate_subject(
-    app: MRCTApplication, subject: str, predicted: Mapping[str, str], references: Mapping[str, str],
-    statistics: Mapping,
+    inputs: EvaluationInputs, subject: str, predicted: Mapping[str, str], references: Mapping[str, str]
 ) -> dict[str, object]:
     """The metrics of one subject (see the module docstring).
 
     Args:
-        app: the application (its tasks and `[MR_CT]` label names and bone label).
+        inputs: the tasks, label names, bone label and training statistics.
         subject: the subject id.
         predicted: `{task: file}` (a row of `inferred.csv`).
         references: `{section: file}` of the reference sections.
-        statistics: the training statistics (`MRCTApplication.training_statistics()`).
 
     Example:
 
     ```python
-    row = evaluate_subject(app, "subj_004", {"ct": "ct_subj_004.nii.gz", ...}, {"CT": ..., "LABEL": ...}, stats)
+    row = evaluate_subject(inputs, "subj_004", {"ct": "ct_subj_004.nii.gz", ...}, {"CT": ..., "LABEL": ...})
     ```
     """
     data = _Subject(subject, predicted, references)
-    regression, segmentation = app.regression_tasks, app.segmentation_tasks
+    regression, segmentation = inputs.regression_tasks, inputs.segmentation_tasks
     ct_task = regression[0] if regression else None
     organ_task = segmentation[0] if segmentation else None
-    label_names = dict(enumerate(app.app_settings.label_names))
+    label_names = dict(enumerate(inputs.label_names))
     row: dict[str, object] = {"subject": subject}
-    row.update(_main_metrics(data, ct_task, organ_task, label_names, int(app.app_settings.bone_label)))
-    row.update(_reference_metrics(data, ct_task, organ_task, label_names, statistics))
+    row.update(_main_metrics(data, ct_task, organ_task, label_names, int(inputs.bone_label)))
+    row.update(_reference_metrics(data, ct_task, organ_task, label_names, inputs.statistics))
     for task in regression[1:]:
         row[f"{task.name}_mae"] = mae(data.prediction(task), data.reference(task))
     for task in segmentation[1:]:
@@ -192,23 +232,25 @@ def evaluate_subject(
     return row
 
 
-def select_metrics(app: MRCTApplication, rows: list[dict]) -> list[dict]:
-    """Keeps the `[EVALUATION] evaluations` columns (all when empty).
+def select_metrics(rows: list[dict], wanted: Sequence[str]) -> list[dict]:
+    """Keeps the `wanted` metric columns (`[EVALUATION] evaluations`) and `subject`; all when `wanted` is empty.
 
     Raises:
-        ConfigError: an unknown metric name (naming the config, section, key and the available names).
+        ValueError: an unknown metric name (naming the available names; the application names the config key).
+
+    Example:
+
+    ```python
+    select_metrics([{"subject": "s1", "mae": 40.0, "psnr": 27.1}], ["mae"])  # [{'subject': 's1', 'mae': 40.0}]
+    ```
     """
-    evaluations = app.settings.evaluation.evaluations
-    wanted = list(evaluations)
+    wanted = list(wanted)
     if not wanted:
         return rows
     available = list(dict.fromkeys(key for row in rows for key in row if key != "subject"))
     unknown = [name for name in wanted if name not in available]
     if unknown:
-        raise app.config_error(
-            "EVALUATION", "evaluations", evaluations,
-            f"unknown metrics {unknown}; expected names among: {', '.join(available)}",
-        )
+        raise ValueError(f"unknown metrics {unknown}; expected names among: {', '.join(available)}")
     return [{"subject": row["subject"], **{k: row[k] for k in wanted if k in row}} for row in rows]
 
 
@@ -278,53 +320,33 @@ def write_metrics_atomically(rows: Sequence[Mapping], path: Path) -> tuple[Path,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def evaluate(app: MRCTApplication, statistics: Mapping) -> list[Path]:
-    """Per-subject metrics of the inferred volumes against the references, and their summary.
+def inferred_references(matched: Sequence[Mapping[str, str | None]], inferred: Sequence[Mapping[str, str]],
+                        sections: Sequence[str], inferred_path: Path, where: str) -> dict[str, dict[str, str | None]]:
+    """`{subject: {"subject", section: file}}` of the inferred subjects among the `matched` rows (`match_subjects`
+    of the MR and reference sections, none required).
 
     Args:
-        app: the application (after `prepare(fit=False)`).
-        statistics: the training statistics.
-
-    Returns:
-        `[save_csv_dir/mr_ct_metrics.csv, save_csv_dir/mr_ct_metrics_summary.csv]`.
+        matched: the rows found in the input sections (or `[INFERENCE] input_dir`).
+        inferred: the rows of `inferred.csv`.
+        sections: the sections every inferred subject must have a file of (the MR and the references).
+        inferred_path: `inferred.csv`, for messages.
+        where: where the files were searched, for messages (e.g. "the input sections").
 
     Raises:
-        FileNotFoundError: no `inferred.csv` (run inference first).
-        ValueError: an inferred subject without reference volumes, or a prediction of another shape.
+        ValueError: inferred subjects without a file of a section, listed.
 
     Example:
 
     ```python
-    metrics_csv, summary_csv = evaluate(app, app.training_statistics())
+    references = inferred_references(app.match_files(["MR", "CT"], required=[]), inferred, ["MR", "CT"], path,
+                                     "the input sections")
     ```
     """
-    inferred_path = app.output_dir / INFERRED_FILE
-    inferred = read_inferred(inferred_path, [task.name for task in app.tasks], app.settings.config_path)
-    sections = app.reference_sections
     wanted = {str(entry["subject"]) for entry in inferred}
-    names = list(dict.fromkeys([app.image_section, *sections]))
-    references = {str(row["subject"]): row for row in app.match_files(names, required=[])
-                  if str(row["subject"]) in wanted}
-    incomplete = [f"'{subject}' has no [{name}] file" for subject, row in sorted(references.items()) for name in names
-                  if row[name] is None]
+    references = {str(row["subject"]): dict(row) for row in matched if str(row["subject"]) in wanted}
+    incomplete = [f"'{subject}' has no [{name}] file" for subject, row in sorted(references.items())
+                  for name in sections if row[name] is None]
     if incomplete:
-        where = f"[INFERENCE] input_dir {app.input_dir}" if app.input_dir else "the input sections"
         raise ValueError(f"{inferred_path}: inferred subjects without their MR or reference files in {where}; "
                          f"expected every inferred subject to have them:\n{bullet_list(incomplete)}")
-    found = {subject: {name: str(row[name]) for name in names} for subject, row in references.items()}
-    inferred = app.evaluation_subjects(inferred, found, inferred_path)
-    app.check_references([references[entry["subject"]] for entry in inferred])
-    message = f"Evaluating {len(inferred)} subjects"
-    if app.segmentation_tasks and app.regression_tasks:
-        bone = int(app.app_settings.bone_label)
-        message += f"; bone metrics over label {bone} ({app.app_settings.label_names[bone]!r})"
-    print(message)
-    rows = []
-    for entry in inferred:
-        subject = entry["subject"]
-        paths = {name: references[subject][name] for name in sections}
-        rows.append(evaluate_subject(app, subject, entry, paths, statistics))
-    rows = select_metrics(app, rows)
-    written = write_metrics_atomically(rows, app.evaluation_dir / METRICS_FILE)
-    print(summary_text(rows))
-    return list(written)
+    return references

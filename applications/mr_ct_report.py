@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from sfg_keras.analysis import plots
 from sfg_keras.io import load_nifti
 
+from .mr_ct_outputs import inferred_column
+
 #: At most this many subjects are drawn (the rest are named in the caption of the section).
 MAX_SUBJECTS = 12
 _CT_WINDOW = (-1024.0, 1500.0)
@@ -93,8 +95,8 @@ def report_figures(app) -> list[tuple[str, list[tuple[str, Figure]]]]:
             "MR": row.get("image") or images.get(subject),
             "synthetic CT": row.get(regression) if regression else None,
             "labels": row.get(segmentation) if segmentation else None,
-            "CT std": row.get(f"{regression}_std") if regression else None,
-            "label entropy": row.get(f"{segmentation}_entropy") if segmentation else None,
+            "CT std": row.get(inferred_column(regression, "std")) if regression else None,
+            "label entropy": row.get(inferred_column(segmentation, "entropy")) if segmentation else None,
         }
         # inferred.csv names its files relative to its own folder (absolute paths, e.g. the MR input, stay as they are)
         files = {name: inferred.parent / path for name, path in files.items() if path}

@@ -1,8 +1,10 @@
 """Per-image prediction and metric tables of the age_gender application, without TensorFlow.
 
 `inferred.csv` has one row per image: `subject`; per regression task `<task>_mean` and `<task>_std` in the original
-unit; per classification task `<task>_mode`, `<task>_prob_<c>` per class and `<task>_entropy` (nats). The metric
-rows compare it with the labels, next to trivial baselines (the training mean, the training majority class).
+unit; per classification task `<task>_label`, `<task>_prob_<c>` per class and `<task>_entropy` (nats). The names are
+those of the exported signatures' outputs (`sfg_keras.predictions.output_name`). A table written by an older version
+names the label column `<task>_mode` (`LEGACY_LABEL_KEY`): it is still read. The metric rows compare it with the
+labels, next to trivial baselines (the training mean, the training majority class).
 
 Example:
 
@@ -17,14 +19,21 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from sfg_keras.config import TaskSpec
+from sfg_keras.engine.provenance import PROVENANCE_COLUMNS
 from sfg_keras.evaluation.volume_metrics import write_metrics_csv
 from sfg_keras.io.atomic import atomic_path
+from sfg_keras.predictions import output_name
+
+from .labelled_images import LabelledImages
+
+#: The key of a classification task's label column written by older versions: `<task>_mode` (now `<task>_label`).
+LEGACY_LABEL_KEY = "mode"
 
 
 def prediction_columns(
@@ -57,31 +66,101 @@ def prediction_columns(
     if task.type == "regression":
         mean = values["mean"].reshape(count, -1)[:, 0].astype(np.float64)
         std = values["std"].reshape(count, -1)[:, 0].astype(np.float64) if "std" in values else np.zeros(count)
-        return [f"{task.name}_mean", f"{task.name}_std"], [mean * scale, std * scale]
+        return [output_name(task.name, "mean"), output_name(task.name, "std")], [mean * scale, std * scale]
     probabilities = values["probabilities"].reshape(count, -1).astype(np.float64)
-    names = [f"{task.name}_mode", *(f"{task.name}_prob_{c}" for c in range(probabilities.shape[1])),
-             f"{task.name}_entropy"]
+    names = [output_name(task.name, "label"), *(output_name(task.name, f"prob_{c}") for c in
+                                                range(probabilities.shape[1])), output_name(task.name, "entropy")]
     return names, [values["label"].reshape(count), *probabilities.T, values["entropy"].reshape(count)]
 
 
+def prediction_rows(tasks: Sequence[TaskSpec], predictions: Mapping[str, Mapping], subjects: Sequence[str], key: str,
+                    scale: Callable[[TaskSpec], float]) -> tuple[list[str], dict[str, list[str]]]:
+    """The `inferred.csv` header and the formatted row of every subject of one prediction batch.
+
+    Args:
+        tasks: the tasks, in column order.
+        predictions: `{task: {key: array}}` (`prediction_columns`), one entry per subject along the first axis.
+        subjects: the subjects, in prediction order.
+        key: the name of the predicted unit, for messages.
+        scale: `task -> factor` from the network unit to the original unit (`regression_scale`).
+
+    Returns:
+        `(header, {subject: cells})`: `["subject", <task columns>...]` and each subject's cells.
+
+    Raises:
+        ValueError: a task or a key is missing, or the number of predictions differs from the number of subjects.
+
+    Example:
+
+    ```python
+    header, rows = prediction_rows([age], {"age": {"mean": mean, "std": std}}, ["a.png"], "1 image", lambda t: 100.0)
+    ```
+    """
+    header, columns = ["subject"], []
+    for task in tasks:
+        try:
+            names, values = prediction_columns(task, predictions[task.name], len(subjects), scale(task))
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"Predictions of {key}, task {task.name!r}: {error!r}; expected {{task: {{'mean', 'std'}}}} "
+                "(regression) or {task: {'probabilities', 'label', 'entropy'}} (classification), one row per "
+                f"image; received tasks {sorted(predictions)}"
+            ) from error
+        header += names
+        columns += values
+    return header, {subject: format_row(subject, header[1:], columns, row) for row, subject in enumerate(subjects)}
+
+
 def format_row(subject: str, names: Sequence[str], columns: Sequence[np.ndarray], row: int) -> list[str]:
-    """The cells of one image: the subject, then `<task>_mode` as an integer and other values with 6 significant
+    """The cells of one image: the subject, then `<task>_label` as an integer and other values with 6 significant
     digits (empty for NaN).
 
     Example:
 
     ```python
-    format_row("a.png", ["age_mean", "gender_mode"], [np.array([31.25]), np.array([1])], 0)  # ['a.png', '31.25', '1']
+    format_row("a.png", ["age_mean", "gender_label"], [np.array([31.25]), np.array([1])], 0)  # ['a.png', '31.25', '1']
     ```
     """
     cells = [subject]
     for name, column in zip(names, columns):
         value = column[row]
-        if name.endswith("_mode"):
+        if name.endswith("_label"):
             cells.append(str(int(value)))
         else:
             cells.append("" if not np.isfinite(value) else f"{float(value):.6g}")
     return cells
+
+
+class InferredTable:
+    """The rows of `inferred.csv`, kept while inference predicts (`add`) and written at its end (`write`).
+
+    Example:
+
+    ```python
+    table = InferredTable()
+    table.add(*prediction_rows(tasks, predictions, subjects, "9 images", app.regression_scale))
+    table.write(output_dir / "inferred.csv", app.provenance_columns)
+    ```
+    """
+
+    def __init__(self):
+        self.header: list[str] = []
+        self.rows: dict[str, list[str]] = {}
+
+    def add(self, header: list[str], rows: Mapping[str, list[str]]) -> None:
+        """Keeps `rows` (`{subject: cells}`) with their `header` (`prediction_rows`)."""
+        self.header = header
+        self.rows.update(rows)
+
+    def write(self, path: str | os.PathLike, provenance: Callable[[str], Mapping[str, str]]) -> Path | None:
+        """Writes the rows sorted by subject, each followed by its provenance columns
+        (`sfg_keras.engine.provenance.PROVENANCE_COLUMNS`, from `provenance(subject)`), atomically; None without
+        rows (nothing written)."""
+        if not self.rows:
+            return None
+        columns = list(PROVENANCE_COLUMNS)
+        rows = [self.rows[subject] + [provenance(subject)[c] for c in columns] for subject in sorted(self.rows)]
+        return write_table(path, self.header + columns, rows)
 
 
 def write_table(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
@@ -132,28 +211,77 @@ def write_metrics_tables(rows: Sequence[dict], path: str | os.PathLike) -> list[
 def read_inferred(path: Path, tasks: Sequence[TaskSpec], command: str) -> list[dict[str, str]]:
     """The rows of `inferred.csv`, checked to have a column for every task.
 
+    A table written by an older version names a classification task's label column `<task>_mode`: when
+    `<task>_label` is absent, that column is read as `<task>_label`.
+
     Args:
         path: the file.
-        tasks: the tasks (regression needs `<task>_mean`, classification `<task>_mode`).
+        tasks: the tasks (regression needs `<task>_mean`, classification `<task>_label`).
         command: the command that writes it, for the message when it is missing.
 
     Raises:
         FileNotFoundError: no such file (naming the command to run).
         ValueError: a task's column is missing.
+
+    Example:
+
+    ```python
+    rows = read_inferred(Path("output/inferred.csv"), tasks, "sfg_run inference -c run.ini")
+    rows[0]["gender_label"]  # '1' (also from an older table's gender_mode column)
+    ```
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found ([INFERENCE] save_seg_dir): run inference first ({command})")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
+        renamed = {}
         for task in tasks:
-            column = f"{task.name}_mean" if task.type == "regression" else f"{task.name}_mode"
-            if column not in header:
+            column = output_name(task.name, "mean" if task.type == "regression" else "label")
+            legacy = output_name(task.name, LEGACY_LABEL_KEY)
+            if column not in header and task.type != "regression" and legacy in header:
+                renamed[legacy] = column
+            elif column not in header:
                 raise ValueError(
                     f"{path}: no column {column!r} for task {task.name!r}; columns {header}. Run inference "
                     "again with the current [MULTITASK] tasks"
                 )
-        return list(reader)
+        rows = list(reader)
+    for row in rows:
+        for legacy, column in renamed.items():
+            row[column] = row.pop(legacy)
+    return rows
+
+
+def metric_table(tasks: Sequence[TaskSpec], rows: list[dict], images: LabelledImages, training: LabelledImages,
+                 wanted: Collection[str], unit: Callable[[TaskSpec], str]) -> tuple[list[dict], list[str]]:
+    """The per-image metric rows of `inferred.csv` rows against the labels, and a summary line per task.
+
+    Args:
+        tasks: the tasks.
+        rows: the `inferred.csv` rows to score (`read_inferred`), aligned with `images`.
+        images: the scored images with their labels.
+        training: the training images with their labels (the baselines).
+        wanted: the evaluations: `mae` (regression tasks), `accuracy` (classification tasks).
+        unit: `task -> unit` of a regression task in messages (e.g. "years"; "" for none).
+
+    Example:
+
+    ```python
+    metric_rows, summaries = metric_table(tasks, rows, images, training, {"mae", "accuracy"}, app.regression_unit)
+    ```
+    """
+    metric_rows = [{"subject": subject} for subject in images.subjects]
+    summaries = []
+    for task in tasks:
+        truth, training_truth = images.labels[task.name], training.labels[task.name]
+        if task.type == "regression" and "mae" in wanted:
+            name = unit(task)
+            summaries.append(regression_metrics(task, rows, truth, training_truth, metric_rows,
+                                                f" {name}" if name else ""))
+        elif task.type == "classification" and "accuracy" in wanted:
+            summaries.append(classification_metrics(task, rows, truth, training_truth, metric_rows))
+    return metric_rows, summaries
 
 
 def regression_metrics(
@@ -173,7 +301,8 @@ def regression_metrics(
     baseline = float(np.nanmean(training_truth)) if np.isfinite(training_truth).any() else math.nan
     errors, baseline_errors = [], []
     for metric_row, row, value in zip(metric_rows, rows, truth):
-        predicted = float(row[f"{task.name}_mean"]) if row[f"{task.name}_mean"] else math.nan
+        cell = row[output_name(task.name, "mean")]
+        predicted = float(cell) if cell else math.nan
         metric_row[f"{task.name}_true"] = float(value)
         metric_row[f"{task.name}_predicted"] = predicted
         metric_row[f"{task.name}_abs_error"] = abs(predicted - value)
@@ -205,7 +334,7 @@ def classification_metrics(
     majority = int(np.bincount(valid).argmax()) if valid.size else -1
     correct, baseline_correct = [], []
     for metric_row, row, value in zip(metric_rows, rows, truth):
-        predicted = int(row[f"{task.name}_mode"])
+        predicted = int(row[output_name(task.name, "label")])
         metric_row[f"{task.name}_true"] = int(value) if value >= 0 else math.nan
         metric_row[f"{task.name}_predicted"] = predicted
         metric_row[f"{task.name}_correct"] = float(predicted == value) if value >= 0 else math.nan

@@ -344,7 +344,7 @@ def test_write_outputs_and_finish_inference_write_inferred_csv(prepared, tmp_pat
     with open(path, newline="") as handle:
         header = next(csv.reader(handle))
     assert header == [
-        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy",
+        "subject", "age_mean", "age_std", "gender_label", "gender_prob_0", "gender_prob_1", "gender_entropy",
         "phase", "trained_on", "input_sha256",  # the provenance of each prediction
     ]
     assert path.read_bytes().count(b"\r\n") == len(item.context) + 1  # csv.writer's line ends, as before
@@ -354,8 +354,8 @@ def test_write_outputs_and_finish_inference_write_inferred_csv(prepared, tmp_pat
         age, gender, _ = parse_utkface_name(row["subject"])
         assert float(row["age_mean"]) == pytest.approx(age + 5.0, abs=1e-3)
         assert float(row["age_std"]) == (0.0 if deterministic else pytest.approx(2.0, abs=1e-4))
-        assert int(row["gender_mode"]) == (1 - gender if index == 0 else gender)
-        assert float(row[f"gender_prob_{row['gender_mode']}"]) == pytest.approx(0.8)
+        assert int(row["gender_label"]) == (1 - gender if index == 0 else gender)
+        assert float(row[f"gender_prob_{row['gender_label']}"]) == pytest.approx(0.8)
         assert float(row["gender_entropy"]) == pytest.approx(-(0.8 * math.log(0.8) + 0.2 * math.log(0.2)), abs=1e-5)
 
     with pytest.raises(ValueError, match=r"task 'gender'.*one row per image"):
@@ -393,6 +393,17 @@ def test_evaluate_compares_inferred_csv_with_labels_and_baselines(prepared, tmp_
     assert float(summary["mean"]["age_abs_error"]) == pytest.approx(5.0, abs=1e-3)
     assert "age: MAE 5.000 years over 9 images" in output
     assert f"gender: accuracy {8 / 9:.3f} over 9 images" in output
+
+    # A table of an older version names the label column gender_mode: evaluation reads it as gender_label.
+    table = inferred.read_text()
+    assert table.count("gender_label") == 1
+    inferred.write_text(table.replace("gender_label", "gender_mode"))
+    before = metrics_path.read_bytes()
+    metrics_path.unlink()
+    written, again = run_quietly(app.evaluate)
+    assert written == [metrics_path, summary_path]
+    assert metrics_path.read_bytes() == before
+    assert f"gender: accuracy {8 / 9:.3f} over 9 images" in again
 
     inferred.unlink()
     with pytest.raises(FileNotFoundError, match=r"inferred\.csv not found.*sfg_run inference -c"):
@@ -433,7 +444,7 @@ def test_csv_labelled_mnist_set_hooks(tmp_path):
     inferred = read_csv_rows(path)
     assert len(inferred) == count == 15
     assert list(inferred[0]) == [
-        "subject", "digit_mode", *[f"digit_prob_{c}" for c in range(10)], "digit_entropy",
+        "subject", "digit_label", *[f"digit_prob_{c}" for c in range(10)], "digit_entropy",
         "thickness_mean", "thickness_std", "phase", "trained_on", "input_sha256",
     ]
     assert inferred[0]["thickness_mean"] == "2.5" and inferred[0]["digit_prob_3"] == "0.1"
@@ -600,14 +611,14 @@ def test_end_to_end_train_infer_evaluate(trained):
     assert len(unlabelled) == NUM_MALFORMED  # not UTKFace names: not in the split, but images to infer all the same
     assert [row["subject"] for row in rows] == sorted(inference + unlabelled)
     assert list(rows[0]) == [
-        "subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1", "gender_entropy",
+        "subject", "age_mean", "age_std", "gender_label", "gender_prob_0", "gender_prob_1", "gender_entropy",
         "phase", "trained_on", "input_sha256",
     ]
     assert {row["subject"]: row["phase"] for row in rows} == {**dict.fromkeys(inference, "Inference"),
                                                               **dict.fromkeys(unlabelled, "new")}
     assert {row["trained_on"] for row in rows} == {"no"}
     for row in rows:
-        assert float(row["age_std"]) >= 0 and row["gender_mode"] in ("0", "1")
+        assert float(row["age_std"]) >= 0 and row["gender_label"] in ("0", "1")
         assert float(row["gender_prob_0"]) + float(row["gender_prob_1"]) == pytest.approx(1.0, abs=1e-4)
         assert 0.0 <= float(row["gender_entropy"]) <= math.log(2) + 1e-6
 
@@ -630,7 +641,7 @@ def test_end_to_end_deterministic_inference_has_zero_std(trained, mode):
     assert len(rows) == 9 and all(float(row["age_std"]) == 0.0 for row in rows)
     for row in rows:
         probabilities = [float(row["gender_prob_0"]), float(row["gender_prob_1"])]
-        assert int(row["gender_mode"]) == int(np.argmax(probabilities))
+        assert int(row["gender_label"]) == int(np.argmax(probabilities))
 
 
 @END_TO_END
@@ -640,7 +651,7 @@ def test_end_to_end_csv_labelled_mnist(tmp_path):
     sfg_run("train", "-c", str(config), "-a", "age_gender")
     sfg_run("inference", "-c", str(config), "-a", "age_gender")
     inferred = read_csv_rows(tmp_path / "run" / "output" / "inferred.csv")
-    assert len(inferred) == 15 and all(0 <= int(row["digit_mode"]) <= 9 for row in inferred)
+    assert len(inferred) == 15 and all(0 <= int(row["digit_label"]) <= 9 for row in inferred)
     result = sfg_run("evaluation", "-c", str(config), "-a", "age_gender")
     assert "digit: accuracy" in result.stdout and "thickness: MAE" in result.stdout
 

@@ -262,7 +262,7 @@ def prepare_quietly(app, fit: bool) -> None:
 
 def test_resumed_training_checks_every_image_and_reuses_the_scan_cache(tmp_path, monkeypatch):
     from sfg_keras.io.input_checks import InputValidationError
-    from sfg_keras_applications.age_gender import AgeGenderApplication
+    from sfg_keras_applications.image_checks import ImageDecodeCheck
 
     config = make_faces(tmp_path)
     prepare_quietly(make_app(config), fit=True)
@@ -271,9 +271,8 @@ def test_resumed_training_checks_every_image_and_reuses_the_scan_cache(tmp_path,
     assert len(scans) == NUM_FACES
 
     decoded = []
-    original = AgeGenderApplication._decode_check
-    monkeypatch.setattr(AgeGenderApplication, "_decode_check", lambda self, path: decoded.append(path) or
-                        original(self, path))
+    original = ImageDecodeCheck.__call__
+    monkeypatch.setattr(ImageDecodeCheck, "__call__", lambda self, path: decoded.append(path) or original(self, path))
     prepare_quietly(make_app(config), fit=False)  # resuming: every image checked, all from the cache
     assert decoded == []
 
@@ -352,7 +351,7 @@ def test_every_listing_label_and_image_problem_is_listed_at_once(tmp_path):
 def test_label_cells_missing_words_and_non_finite_numbers():
     from sfg_keras.config import TaskSpec
     from sfg_keras.io.input_checks import InputCheckFailure
-    from sfg_keras_applications.labelled_images import label_value, parse_label
+    from sfg_keras_applications.image_labels import label_value, parse_label
 
     age = TaskSpec("age", "regression", 1, "L2Loss", 1.0, "csv:age")
     gender = TaskSpec("gender", "classification", 2, "CrossEntropy", 1.0, "csv:gender")
@@ -383,3 +382,29 @@ def test_failed_table_writes_name_the_path_and_leave_no_partial_file(tmp_path):
         write_table(blocked / "inferred.csv", ["subject"], [["a.png"]])
     assert sorted(p.name for p in blocked.iterdir()) == ["inferred.csv", "metrics.csv"]
     assert not any((blocked / "metrics.csv").iterdir()) and not any((blocked / "inferred.csv").iterdir())
+
+
+def test_inferred_tables_of_older_versions_are_read_with_their_mode_column(tmp_path):
+    from sfg_keras.config import TaskSpec
+    from sfg_keras_applications.prediction_tables import read_inferred, write_table
+
+    age = TaskSpec("age", "regression", 1, "RMSE", 1.0, "filename")
+    gender = TaskSpec("gender", "classification", 2, "CrossEntropy", 1.0, "filename")
+    path = tmp_path / "inferred.csv"
+    write_table(path, ["subject", "age_mean", "age_std", "gender_mode", "gender_prob_0", "gender_prob_1"],
+                [["a.png", "31.5", "2", "1", "0.2", "0.8"], ["b.png", "", "0", "0", "0.9", "0.1"]])
+    rows = read_inferred(path, [age, gender], "sfg_run inference -c run.ini")
+    assert [(row["subject"], row["age_mean"], row["gender_label"]) for row in rows] == [
+        ("a.png", "31.5", "1"), ("b.png", "", "0")]
+    assert all("gender_mode" not in row for row in rows)
+
+    write_table(path, ["subject", "age_mean", "gender_label", "gender_mode"], [["a.png", "30", "0", "1"]])
+    (row,) = read_inferred(path, [age, gender], "sfg_run inference -c run.ini")
+    assert row["gender_label"] == "0"  # the current column wins over an old one
+
+    write_table(path, ["subject", "age_mean", "gender_prob_0"], [["a.png", "30", "0.5"]])
+    with pytest.raises(ValueError, match=r"inferred\.csv: no column 'gender_label' for task 'gender'"):
+        read_inferred(path, [age, gender], "sfg_run inference -c run.ini")
+    write_table(path, ["subject", "age_mode", "gender_label"], [["a.png", "30", "0"]])
+    with pytest.raises(ValueError, match=r"no column 'age_mean' for task 'age'"):  # only a label column has an old name
+        read_inferred(path, [age, gender], "sfg_run inference -c run.ini")

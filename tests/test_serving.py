@@ -275,7 +275,7 @@ def test_age_gender_saved_model_takes_raw_pixels_and_reproduces_inference(tmp_pa
         for c in range(2):
             probability = [float(row[f"gender_prob_{c}"]) for row in rows]
             np.testing.assert_allclose(served[f"{signature}/gender_probabilities"][:, c], probability, atol=1e-5)
-        assert [int(row["gender_mode"]) for row in rows] == served[f"{signature}/gender_label"].tolist()
+        assert [int(row["gender_label"]) for row in rows] == served[f"{signature}/gender_label"].tolist()
     rows = [inferred["mc"][s] for s in subjects]
     age, age_std = (np.array([float(row[f"age_{key}"]) for row in rows]) for key in ("mean", "std"))
     served_age = served["full/0/serving_default/0/age_mean"][:, 0]  # years
@@ -306,7 +306,7 @@ def test_age_gender_preprocessor_matches_decode_and_standardise(tmp_path, whiten
     pixels = tf.stack([tf.io.decode_image(tf.io.read_file(p), channels=3) for p in paths])  # uint8 [4, 32, 32, 3]
     served = preprocessor.preprocess(tf.cast(pixels, tf.float32)).numpy()
     app.prepare(fit=False)
-    standardise = app._standardiser()
+    standardise = app.standardiser()
     expected = np.stack([standardise(app.decode(tf.constant(p))).numpy() for p in paths])
     assert served.shape == expected.shape == (4, 24, 24, 3)
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)

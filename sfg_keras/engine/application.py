@@ -48,13 +48,14 @@ class MyApplication(BaseApplication):
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sfg_keras.config import ConfigError, Settings, TaskSpec
+from sfg_keras.config import ConfigError, SectionSettings, Settings, TaskSpec, section_schema
 from sfg_keras.engine import provenance
 from sfg_keras.engine.provenance import ChosenSubject, RunRecord, TrainedSubjectError
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache, bullet_list, cached_sha256
@@ -92,18 +93,23 @@ class InferenceInput:
     context: object = None
 
 
-class BaseApplication:
+class BaseApplication(abc.ABC):
     """Base class of the sfg_run applications: the data and output hooks the engine calls.
 
     Args:
         settings: the resolved `Settings` of the run.
 
-    Subclasses set `name` and `APP_SECTIONS` (a mapping `{SECTION: [KeySpec, ...]}` of the sections they read) and
-    implement the hooks below; see the module docstring for the order the engine calls them in.
+    Subclasses set `name` and `APP_SECTIONS` (a mapping `{SECTION: [KeySpec, ...]}` of the sections they read), and
+    `APP_SECTION` (the section `app_settings` returns); they must implement the abstract hooks (`input_shape`,
+    `training_dataset`, `inference_inputs`, `write_outputs`, `evaluate`: a subclass missing one cannot be
+    instantiated, and Python's `TypeError` names it) and may override the others; see the module docstring for the
+    order the engine calls them in.
     """
 
     #: Application sections this application reads: `{SECTION: [KeySpec, ...]}`.
     APP_SECTIONS: dict = {}
+    #: The section of `APP_SECTIONS` that `app_settings` returns (None: the application has none).
+    APP_SECTION: str | None = None
     #: Name used in messages.
     name = "application"
 
@@ -122,7 +128,7 @@ class BaseApplication:
 
     # === Settings ===
 
-    def check_settings(self) -> None:
+    def check_settings(self) -> None:  # noqa: B027 (optional hook: the default checks nothing)
         """Validates application-specific settings (raise `ConfigError` naming section, key and value)."""
 
     def _check_input_dir(self) -> None:
@@ -145,6 +151,31 @@ class BaseApplication:
         section's `path_to_search` (None: the input sections' own folders)."""
         value = self.settings.inference.input_dir
         return Path(value) if value and self.settings.action in ("inference", "evaluation") else None
+
+    @property
+    def app_settings(self) -> SectionSettings:
+        """The settings of the application's own section `APP_SECTION`: the loaded section, or its defaults (from
+        `APP_SECTIONS`) when the settings were loaded without it.
+
+        Raises:
+            ConfigError: the class names no `APP_SECTION` of its `APP_SECTIONS`.
+
+        Example:
+
+        ```python
+        MRCTApplication(settings).app_settings.patch_size  # (128, 128) by default
+        ```
+        """
+        name = self.APP_SECTION
+        if name in self.settings.app_sections:
+            return self.settings.app_sections[name]
+        if name not in self.APP_SECTIONS:
+            raise ConfigError(
+                f"{type(self).__name__}.APP_SECTION = {name!r}: expected a section of its APP_SECTIONS "
+                f"({', '.join(self.APP_SECTIONS) or 'none'})"
+            )
+        schema = section_schema(self.APP_SECTIONS[name], name)
+        return SectionSettings(name, {key: spec.default for key, spec in schema.items()}, schema=schema)
 
     def config_error(self, section: str, key: str, value, expected: str) -> ConfigError:
         """A `ConfigError` naming the config file, `[section] key`, the received value and what was expected."""
@@ -376,13 +407,14 @@ class BaseApplication:
 
     # === Data ===
 
-    def prepare(self, fit: bool) -> None:
+    def prepare(self, fit: bool) -> None:  # noqa: B027 (optional hook: the default reads nothing)
         """Reads and checks the inputs, then fits and saves (`fit=True`) or loads the normalisation.
 
         Called once by the engine before any dataset hook. Raise `ValueError` / `FileNotFoundError` naming the file
         for bad inputs; write nothing before every check passed.
         """
 
+    @abc.abstractmethod
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one network input without the batch axis, e.g. `(200, 200, 3)`."""
         raise ConfigError(f"{type(self).__name__} does not define input_shape().")
@@ -414,6 +446,7 @@ class BaseApplication:
         """
         return None
 
+    @abc.abstractmethod
     def training_dataset(self, first_batch: int):
         """Infinite, batched `tf.data.Dataset` of `(images, {task: target})` starting at batch `first_batch`.
 
@@ -492,10 +525,12 @@ class BaseApplication:
 
     # === Inference and evaluation ===
 
+    @abc.abstractmethod
     def inference_inputs(self) -> Iterable[InferenceInput]:
         """The units to predict, in order (after `prepare(fit=False)`)."""
         raise ConfigError(f"{type(self).__name__} does not define inference_inputs().")
 
+    @abc.abstractmethod
     def write_outputs(self, item: InferenceInput, predictions: dict) -> list[Path]:
         """Writes the predictions of one unit (`{task: {key: array}}`, see `sfg_keras.inference.predict`)."""
         raise ConfigError(f"{type(self).__name__} does not define write_outputs().")
@@ -504,6 +539,7 @@ class BaseApplication:
         """Called after the last unit, with every file written so far; returns the files it writes (a table)."""
         return []
 
+    @abc.abstractmethod
     def evaluate(self) -> list[Path]:
         """Compares written outputs with references; returns the CSV files written."""
         raise ConfigError(f"{type(self).__name__} does not define evaluate().")

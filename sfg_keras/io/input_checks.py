@@ -164,7 +164,7 @@ class ScanCache:
     Example:
 
     ```python
-    cache = ScanCache(model_dir / ".input_scans.json")
+    cache = ScanCache(model_dir / SCAN_CACHE_FILE)
     summary = cache.get_or_scan("s1_mr.nii.gz", "nifti-v1", scan_volume)
     cache.save()
     ```
