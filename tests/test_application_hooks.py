@@ -1,10 +1,7 @@
-"""`BaseApplication`: abstract hooks refuse an incomplete subclass; `app_settings` falls back to the defaults once;
-the application modules stay short and import each other without cycles."""
+"""`BaseApplication`: abstract hooks refuse an incomplete subclass; `app_settings` falls back to the defaults once.
+(The applications' module and function lengths and their import graph: `tests/test_architecture.py`.)"""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 
@@ -93,45 +90,3 @@ def test_app_settings_without_a_section_names_the_class(tmp_path):
                                           r"\(MINE\)"):
         _ = Sectionless(settings_of(tmp_path)).app_settings
 
-
-APPLICATIONS = Path(__file__).resolve().parents[1] / "applications"
-
-
-def application_imports() -> dict[str, set[str]]:
-    """`{module: the application modules it imports}` of `applications/` (relative imports)."""
-    graph = {}
-    for path in APPLICATIONS.glob("*.py"):
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                imported |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
-        graph[path.stem] = imported
-    return graph
-
-
-def test_no_application_module_imports_another_in_a_cycle():
-    graph = application_imports()
-    assert "mr_ct" not in graph["mr_ct_evaluation"] and graph["mr_ct_evaluation"] == {"mr_ct_data"}
-
-    def reachable(start):
-        seen, todo = set(), list(graph[start])
-        while todo:
-            module = todo.pop()
-            if module not in seen:
-                seen.add(module)
-                todo.extend(graph.get(module, ()))
-        return seen
-
-    assert [module for module in sorted(graph) if module in reachable(module)] == []
-
-
-def test_application_modules_and_their_functions_stay_short():
-    long_modules, long_functions = [], []
-    for path in sorted(APPLICATIONS.glob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        if len(text.splitlines()) > 500:
-            long_modules.append(path.name)
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
-                long_functions.append(f"{path.name}:{node.name}")
-    assert long_modules == [] and long_functions == []
