@@ -23,6 +23,7 @@ import tensorflow as tf
 from sfg_keras.config import SectionSettings, TaskSpec
 from sfg_keras.data.sampler import batch_examples
 from sfg_keras.engine.application import BaseApplication, InferenceInput
+from sfg_keras.evaluation import write_metrics_tables
 from sfg_keras.io.atomic import atomic_write_json
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, InputProblems, ScanCache
 
@@ -47,7 +48,7 @@ from .image_datasets import (
 from .image_serving import image_preprocessor
 from .image_statistics import STATISTICS_FILE, fit_image_statistics, load_image_statistics
 from .labelled_images import LabelledImages, raise_input_problems, read_labelled_images
-from .prediction_tables import InferredTable, metric_table, prediction_rows, read_inferred, write_metrics_tables
+from .prediction_tables import InferredTable, metric_table, prediction_rows, read_inferred
 
 if TYPE_CHECKING:
     from sfg_keras.serving import ImagePreprocessor

@@ -34,6 +34,7 @@ from sfg_keras.config import TaskSpec
 from sfg_keras.data import HistogramStandardisation, batch_examples
 from sfg_keras.data.intensity import CT_SCALE
 from sfg_keras.engine.application import BaseApplication, InferenceInput
+from sfg_keras.evaluation import write_metrics_tables
 from sfg_keras.io import save_nifti
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache
 
@@ -41,6 +42,7 @@ from .mr_ct_checks import check_references, check_subjects, section_roles
 from .mr_ct_data import (
     SliceData,
     SubjectContext,
+    TaskKinds,
     inference_slices,
     load_mr,
     load_subject,
@@ -59,7 +61,6 @@ from .mr_ct_evaluation import (
     read_inferred,
     select_metrics,
     summary_text,
-    write_metrics_atomically,
 )
 from .mr_ct_normalisation import MRNormalisation
 from .mr_ct_outputs import inferred_column, output_file_name, task_volumes, write_inferred_table
@@ -73,7 +74,7 @@ __all__ = ["CT_RANGE_HU", "MRCTApplication"]
 #: Default range of synthetic CT (`[INFERENCE] output_bounds`): a 12-bit CT, air at -1024 HU.
 CT_RANGE_HU = (-1024.0, 3071.0)
 
-class MRCTApplication(BaseApplication):
+class MRCTApplication(BaseApplication, TaskKinds):
     """MR-to-CT synthesis plus organ segmentation on axial slices of NIfTI volumes.
 
     Tasks come from `[MULTITASK]`: every regression task predicts a CT-like volume in Hounsfield units (target
@@ -127,16 +128,6 @@ class MRCTApplication(BaseApplication):
         if any(axis not in (-1, 0, 1) for axis in axes):
             raise self.config_error("TRAINING", "random_flipping_axes", axes,
                                     "axial slices can be flipped along axis 0 (x) or 1 (y); expected -1, 0 or 1")
-
-    @property
-    def regression_tasks(self) -> list[TaskSpec]:
-        """The regression (CT) tasks, in task order."""
-        return [task for task in self.tasks if task.type == "regression"]
-
-    @property
-    def segmentation_tasks(self) -> list[TaskSpec]:
-        """The segmentation (label map) tasks, in task order."""
-        return [task for task in self.tasks if task.type == "segmentation"]
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -491,6 +482,6 @@ class MRCTApplication(BaseApplication):
             rows = select_metrics(rows, evaluations)
         except ValueError as error:
             raise self.config_error("EVALUATION", "evaluations", evaluations, str(error)) from None
-        written = write_metrics_atomically(rows, self.evaluation_dir / METRICS_FILE)
+        written = write_metrics_tables(rows, self.evaluation_dir / METRICS_FILE)
         print(summary_text(rows))
         return list(written)

@@ -37,6 +37,30 @@ SLICE_MULTIPLE = 8
 PIXELS_PER_PASS = 2**20
 
 
+class TaskKinds:
+    """The regression (CT) and segmentation (label map) tasks of anything with `tasks`: the application and its
+    evaluation inputs.
+
+    Example:
+
+    ```python
+    ct = app.regression_tasks[0]  # the first regression task is the CT
+    ```
+    """
+
+    tasks: Sequence[TaskSpec]
+
+    @property
+    def regression_tasks(self) -> list[TaskSpec]:
+        """The regression (CT) tasks, in task order."""
+        return [task for task in self.tasks if task.type == "regression"]
+
+    @property
+    def segmentation_tasks(self) -> list[TaskSpec]:
+        """The segmentation (label map) tasks, in task order."""
+        return [task for task in self.tasks if task.type == "segmentation"]
+
+
 @dataclasses.dataclass
 class SliceData:
     """The axial slices of one phase: MR `[N, H, W, 1]` and one target `[N, H, W, 1]` per task, all float32.

@@ -19,7 +19,7 @@ Example:
 ```python
 inputs = EvaluationInputs(tuple(tasks), ("background", "bone"), bone_label=1, statistics=training_statistics)
 rows = [evaluate_subject(inputs, subject, predicted[subject], references[subject]) for subject in subjects]
-write_metrics_atomically(rows, Path("model/evaluation") / METRICS_FILE)
+write_metrics_tables(rows, Path("model/evaluation") / METRICS_FILE)  # sfg_keras.evaluation
 ```
 """
 
@@ -28,28 +28,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from sfg_keras.config import TaskSpec
-from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr, write_metrics_csv
+from sfg_keras.evaluation import dice_per_label, evaluate_ct_and_labels, mae, psnr
 from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
-from sfg_keras.io.atomic import fsync_path, temporary_prefix
 from sfg_keras.io.input_checks import bullet_list
 
-from .mr_ct_data import load_volume
+from .mr_ct_data import TaskKinds, load_volume
 
 INFERRED_FILE = "inferred.csv"
 METRICS_FILE = "mr_ct_metrics.csv"
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationInputs:
+class EvaluationInputs(TaskKinds):
     """What the evaluation of one subject needs of the run: its tasks, `[MR_CT]` label names and bone label, and the
     training statistics.
 
@@ -71,16 +67,6 @@ class EvaluationInputs:
     label_names: tuple[str, ...]
     bone_label: int
     statistics: Mapping = dataclasses.field(default_factory=dict)
-
-    @property
-    def regression_tasks(self) -> list[TaskSpec]:
-        """The regression (CT) tasks, in task order."""
-        return [task for task in self.tasks if task.type == "regression"]
-
-    @property
-    def segmentation_tasks(self) -> list[TaskSpec]:
-        """The segmentation (label map) tasks, in task order."""
-        return [task for task in self.tasks if task.type == "segmentation"]
 
     def describe(self, count: int) -> str:
         """The message evaluation prints first, e.g. "Evaluating 3 subjects; bone metrics over label 1 ('bone')"."""
@@ -284,40 +270,6 @@ def summary_text(rows: Sequence[Mapping]) -> str:
         ref_text = f"{_mean(rows, reference):>12.4g}" if reference else f"{'':>12}"
         lines.append(f"{title:<22}{_mean(rows, key):>12.4g}{ref_text}")
     return "\n".join(lines)
-
-
-def write_metrics_atomically(rows: Sequence[Mapping], path: Path) -> tuple[Path, Path]:
-    """`write_metrics_csv` into a hidden temporary folder next to `path`, then each CSV renamed into place.
-
-    A failed write raises an `OSError` naming the file and leaves neither CSV half-written (the temporary folder is
-    removed).
-
-    Example:
-
-    ```python
-    write_metrics_atomically([{"subject": "s1", "mae": 40.0}], Path("model/evaluation/mr_ct_metrics.csv"))
-    ```
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-    except OSError as error:
-        raise OSError(error.errno, f"Cannot write {path}: {error.strerror or error}") from error
-    target = path
-    try:
-        temporary = write_metrics_csv(rows, folder / path.name)
-        targets = (path, path.with_name(temporary[1].name))
-        for source in temporary:
-            fsync_path(source)
-        for source, target in zip(temporary, targets):
-            os.replace(source, target)
-        fsync_path(path.parent)
-        return targets
-    except OSError as error:
-        raise OSError(error.errno, f"Cannot write {target}: {error.strerror or error}") from error
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def inferred_references(matched: Sequence[Mapping[str, str | None]], inferred: Sequence[Mapping[str, str]],

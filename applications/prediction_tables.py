@@ -26,7 +26,6 @@ import numpy as np
 
 from sfg_keras.config import TaskSpec
 from sfg_keras.engine.provenance import PROVENANCE_COLUMNS
-from sfg_keras.evaluation.volume_metrics import write_metrics_csv
 from sfg_keras.io.atomic import atomic_path
 from sfg_keras.predictions import output_name
 
@@ -180,32 +179,6 @@ def write_table(path: str | os.PathLike, header: Sequence[str], rows: Sequence[S
         writer.writerow(header)
         writer.writerows(rows)
     return Path(path)
-
-
-def write_metrics_tables(rows: Sequence[dict], path: str | os.PathLike) -> list[Path]:
-    """`sfg_keras.evaluation.write_metrics_csv` (per-image rows and `<stem>_summary.csv`), each file written
-    atomically.
-
-    Raises:
-        OSError: a file cannot be written; the message names it and no partial file is left.
-
-    Example:
-
-    ```python
-    write_metrics_tables([{"subject": "a.png", "age_abs_error": 3.0}], "evaluation/age_gender_metrics.csv")
-    # [evaluation/age_gender_metrics.csv, evaluation/age_gender_metrics_summary.csv]
-    ```
-    """
-    path = Path(path)
-    summary = path.with_name(f"{path.stem}_summary.csv")
-    with atomic_path(summary, suffix=".csv") as summary_temporary, atomic_path(path, suffix=".csv") as temporary:
-        stray = temporary.with_name(f"{temporary.stem}_summary.csv")  # where write_metrics_csv puts the summary
-        try:
-            write_metrics_csv(rows, temporary)
-            os.replace(stray, summary_temporary)
-        finally:
-            stray.unlink(missing_ok=True)
-    return [path, summary]
 
 
 def read_inferred(path: Path, tasks: Sequence[TaskSpec], command: str) -> list[dict[str, str]]:

@@ -365,7 +365,8 @@ def test_label_cells_missing_words_and_non_finite_numbers():
 
 
 def test_failed_table_writes_name_the_path_and_leave_no_partial_file(tmp_path):
-    from sfg_keras_applications.prediction_tables import write_metrics_tables, write_table
+    from sfg_keras.evaluation import write_metrics_tables
+    from sfg_keras_applications.prediction_tables import write_table
 
     rows = [{"subject": "a.png", "age_abs_error": 3.0}, {"subject": "b.png", "age_abs_error": 5.0}]
     written = write_metrics_tables(rows, tmp_path / "evaluation" / "metrics.csv")

@@ -487,10 +487,10 @@ def test_a_failed_nifti_write_names_the_file_and_leaves_nothing(tmp_path, monkey
 
 
 def test_a_failed_metrics_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
-    from sfg_keras_applications import mr_ct_evaluation
+    from sfg_keras.evaluation import metric_tables
 
     target = tmp_path / "evaluation" / "mr_ct_metrics.csv"
-    written = mr_ct_evaluation.write_metrics_atomically([{"subject": "s1", "mae": 40.0}], target)
+    written = metric_tables.write_metrics_tables([{"subject": "s1", "mae": 40.0}], target)
     assert [path.name for path in written] == ["mr_ct_metrics.csv", "mr_ct_metrics_summary.csv"]
     before = {path.name: path.read_bytes() for path in target.parent.iterdir()}
 
@@ -498,7 +498,7 @@ def test_a_failed_metrics_write_names_the_file_and_leaves_nothing(tmp_path, monk
         Path(path).write_text("subject,mae\ns1,")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mr_ct_evaluation, "write_metrics_csv", partial_csv)
+    monkeypatch.setattr(metric_tables, "write_metrics_csv", partial_csv)
     with pytest.raises(OSError, match=r"Cannot write .*mr_ct_metrics.csv: No space left"):
-        mr_ct_evaluation.write_metrics_atomically([{"subject": "s2", "mae": 50.0}], target)
+        metric_tables.write_metrics_tables([{"subject": "s2", "mae": 50.0}], target)
     assert {path.name: path.read_bytes() for path in target.parent.iterdir()} == before
