@@ -37,6 +37,7 @@ from sfg_keras.engine.application import BaseApplication, InferenceInput
 from sfg_keras.evaluation import write_metrics_tables
 from sfg_keras.io import save_nifti
 from sfg_keras.io.input_checks import SCAN_CACHE_FILE, ScanCache
+from sfg_keras.predictions import output_name
 
 from .mr_ct_checks import check_references, check_subjects, section_roles
 from .mr_ct_data import (
@@ -63,7 +64,7 @@ from .mr_ct_evaluation import (
     summary_text,
 )
 from .mr_ct_normalisation import MRNormalisation
-from .mr_ct_outputs import inferred_column, output_file_name, task_volumes, write_inferred_table
+from .mr_ct_outputs import output_file_name, task_volumes, write_inferred_table
 from .mr_ct_settings import APP_KEYS, SECTION, section_problem, task_problem
 
 if TYPE_CHECKING:
@@ -414,20 +415,21 @@ class MRCTApplication(BaseApplication, TaskKinds):
                 "entropy"}` (`label` and `entropy` `[S, H, W]`).
 
         Returns:
-            The files written: `<task>_<subject><postfix>.nii.gz` (CT in HU, float32; label map, uint8) and
-            `<task>_std_...` (CT std in HU) / `<task>_entropy_...` (nats); `inferred.csv` gets their names.
+            The files written: `<task>_mean_<subject><postfix>.nii.gz` (CT in HU, float32) and `<task>_std_...`
+            (CT std in HU), or `<task>_label_...` (label map, uint8) and `<task>_entropy_...` (nats), named as the
+            exported signatures name the same outputs; `inferred.csv` gets their names in the same columns.
         """
         context: SubjectContext = item.context
         entry = {"subject": item.key, "image": str(context.reference.path or "")}
         written: list[Path] = []
         mc, postfix = self.settings.inference.inference_mode == "mc", self.settings.inference.output_postfix
         for task in self.tasks:
-            for statistic, data, dtype in task_volumes(predictions, task, item.key, len(item.inputs),
-                                                       context.slice_size, mc):
-                path = self.output_dir / output_file_name(task.name, item.key, postfix, statistic)
+            for key, data, dtype in task_volumes(predictions, task, item.key, len(item.inputs),
+                                                 context.slice_size, mc):
+                path = self.output_dir / output_file_name(task.name, item.key, postfix, key)
                 save_nifti(path, np.asarray(data).astype(dtype), reference=context.reference, dtype=dtype)  # atomic
                 written.append(path)
-                entry[inferred_column(task.name, statistic)] = path.name  # relative to the table
+                entry[output_name(task.name, key)] = path.name  # relative to the table
         entry.update(self.provenance_columns(item.key))
         self._inferred[item.key] = entry
         return written
@@ -463,7 +465,7 @@ class MRCTApplication(BaseApplication, TaskKinds):
         inputs = EvaluationInputs(tuple(self.tasks), tuple(self.app_settings.label_names),
                                   int(self.app_settings.bone_label), statistics)
         inferred_path = self.output_dir / INFERRED_FILE
-        inferred = read_inferred(inferred_path, [task.name for task in self.tasks], self.settings.config_path)
+        inferred = read_inferred(inferred_path, self.tasks, self.settings.config_path)
         names = list(dict.fromkeys([self.image_section, *self.reference_sections]))
         where = f"[INFERENCE] input_dir {self.input_dir}" if self.input_dir else "the input sections"
         references = inferred_references(self.match_files(names, required=[]), inferred, names, inferred_path, where)

@@ -39,6 +39,7 @@ from sfg_keras.io import NiftiVolume, check_same_geometry, load_nifti
 from sfg_keras.io.input_checks import bullet_list
 
 from .mr_ct_data import TaskKinds, load_volume
+from .mr_ct_outputs import main_column
 
 INFERRED_FILE = "inferred.csv"
 METRICS_FILE = "mr_ct_metrics.csv"
@@ -76,8 +77,9 @@ class EvaluationInputs(TaskKinds):
         return message
 
 
-def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> list[dict[str, str]]:
-    """The rows of `inferred.csv`, each with a file for every task, resolved against the table's folder.
+def read_inferred(path: Path, tasks: Sequence[TaskSpec], config_path: str) -> list[dict[str, str]]:
+    """The rows of `inferred.csv`, each with the main volume of every task (`<task>_mean` / `<task>_label`, or the
+    `<task>` column of an older table) resolved against the table's folder, under the task's name.
 
     An absolute path (written by older versions) is accepted only inside the table's folder: in a copied or moved
     output folder it would point at another folder's predictions.
@@ -90,7 +92,8 @@ def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> li
     Example:
 
     ```python
-    rows = read_inferred(Path("model/output/inferred.csv"), ["ct", "organs"], "configs/demo_mr_ct.ini")
+    rows = read_inferred(Path("model/output/inferred.csv"), tasks, "configs/demo_mr_ct.ini")
+    rows[0]["ct"]  # ".../model/output/ct_mean_subj_004_niftynet_out.nii.gz"
     ```
     """
     if not path.is_file():
@@ -99,13 +102,14 @@ def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> li
         rows = list(csv.DictReader(handle))
     folder = path.parent.absolute()
     for number, row in enumerate(rows, start=2):
-        missing = [key for key in task_names if not row.get(key)]
+        columns = {task.name: main_column(task, row) for task in tasks}
+        missing = [column for column in columns.values() if not row.get(column)]
         if missing:
             raise ValueError(
                 f"{path}, line {number}: subject {row.get('subject')!r} has no {missing} column value; expected "
-                f"the columns subject, {', '.join(task_names)} written by inference."
+                f"the columns subject, {', '.join(columns.values())} written by inference."
             )
-        for key in task_names:
+        for name, key in columns.items():
             file = Path(row[key])
             if file.is_absolute() and file.parent != folder:
                 raise ValueError(
@@ -113,7 +117,7 @@ def read_inferred(path: Path, task_names: Sequence[str], config_path: str) -> li
                     f"outside this table's folder {folder} (written by an older sfg-keras in another folder: a copied "
                     "or moved model_dir would read that folder's predictions). Run sfg_run inference again."
                 )
-            row[key] = str(folder / file)
+            row[name] = str(folder / file)
     return rows
 
 
@@ -198,7 +202,7 @@ def evaluate_subject(
     Example:
 
     ```python
-    row = evaluate_subject(inputs, "subj_004", {"ct": "ct_subj_004.nii.gz", ...}, {"CT": ..., "LABEL": ...})
+    row = evaluate_subject(inputs, "subj_004", {"ct": "ct_mean_subj_004.nii.gz", ...}, {"CT": ..., "LABEL": ...})
     ```
     """
     data = _Subject(subject, predicted, references)

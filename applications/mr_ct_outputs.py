@@ -1,17 +1,18 @@
 """The inference outputs of the mr_ct application: the volumes of one subject, their file names and `inferred.csv`.
 
-Per subject and task: the main volume `<task>_<subject><postfix>.nii.gz` (synthetic CT in HU, float32; label map,
-uint8) and its statistics, named with the prediction vocabulary (`sfg_keras.predictions.output_name`):
-`<task>_std_<subject>...` (CT standard deviation in HU, `inference_mode = mc` only) and `<task>_entropy_<subject>...`
-(label entropy, nats). `inferred.csv` has a row per subject with the columns `subject`, `image` (the MR), `<task>`
-(the main volume), `<task>_std` / `<task>_entropy` (file names relative to the table's folder) and the provenance
-columns.
+Per subject and task, every volume is named as the exported signatures name the same output
+(`sfg_keras.predictions.output_name`, `<task>_<key>`): a regression task writes `<task>_mean_<subject><postfix>.nii.gz`
+(synthetic CT in HU, float32) and, with `inference_mode = mc`, `<task>_std_...` (its standard deviation in HU); a
+segmentation task writes `<task>_label_...` (label map, uint8) and `<task>_entropy_...` (predictive entropy, nats).
+`inferred.csv` has a row per subject with the columns `subject`, `image` (the MR), one per volume with the same
+`<task>_<key>` name (file names relative to the table's folder) and the provenance columns. (Tables written before
+this naming have a `<task>` column for the main volume; evaluation reads those too.)
 
 Example:
 
 ```python
-for statistic, volume, dtype in task_volumes(predictions, ct_task, "subj_004", len(slices), (200, 180), mc=True):
-    save_nifti(output_dir / output_file_name("ct", "subj_004", "_niftynet_out", statistic), volume, dtype=dtype)
+for key, volume, dtype in task_volumes(predictions, ct_task, "subj_004", len(slices), (200, 180), mc=True):
+    save_nifti(output_dir / output_file_name("ct", "subj_004", "_niftynet_out", key), volume, dtype=dtype)
 ```
 """
 
@@ -32,21 +33,36 @@ from sfg_keras.predictions import output_name
 from .mr_ct_data import slices_back_to_volume
 
 
-def inferred_column(task: str, statistic: str = "") -> str:
-    """The `inferred.csv` column (and file-name stem) of a task's output: `<task>` for its main volume,
-    `<task>_<statistic>` (`output_name`) for a statistic.
+def main_key(task: TaskSpec) -> str:
+    """The prediction key of a task's main volume: `"label"` (segmentation) or `"mean"` (regression).
 
     Example:
 
     ```python
-    inferred_column("ct"), inferred_column("ct", "std")  # ('ct', 'ct_std')
+    main_key(ct_task), main_key(organs_task)  # ('mean', 'label')
     ```
     """
-    return output_name(task, statistic) if statistic else task
+    return "label" if task.type == "segmentation" else "mean"
 
 
-def output_file_name(task: str, subject: str, postfix: str, statistic: str = "") -> str:
-    """`<task>[_<statistic>]_<subject><postfix>.nii.gz`.
+def main_column(task: TaskSpec, row: Mapping[str, str] | None = None) -> str:
+    """The `inferred.csv` column of a task's main volume, `<task>_mean` / `<task>_label`; for a `row` of a table
+    written before this naming that has only the old `<task>` column, that one.
+
+    Example:
+
+    ```python
+    main_column(ct_task)  # 'ct_mean'
+    ```
+    """
+    column = output_name(task.name, main_key(task))
+    if row is not None and not row.get(column) and row.get(task.name):
+        return task.name
+    return column
+
+
+def output_file_name(task: str, subject: str, postfix: str, key: str) -> str:
+    """`<task>_<key>_<subject><postfix>.nii.gz`, its stem the `inferred.csv` column (`output_name`).
 
     Example:
 
@@ -54,13 +70,13 @@ def output_file_name(task: str, subject: str, postfix: str, statistic: str = "")
     output_file_name("ct", "subj_004", "_niftynet_out", "std")  # 'ct_std_subj_004_niftynet_out.nii.gz'
     ```
     """
-    return f"{inferred_column(task, statistic)}_{subject}{postfix}.nii.gz"
+    return f"{output_name(task, key)}_{subject}{postfix}.nii.gz"
 
 
 def task_volumes(predictions: Mapping[str, Mapping[str, np.ndarray]], task: TaskSpec, subject: str,
                  num_slices: int, slice_size: Sequence[int], mc: bool) -> list[tuple[str, np.ndarray, type]]:
-    """The volumes of one task of one subject, `[(statistic, volume, dtype)]`: the CT in HU (and, with `mc`, its
-    standard deviation in HU), or the label map and its entropy.
+    """The volumes of one task of one subject, `[(key, volume, dtype)]`: the CT in HU (`mean`; with `mc` also its
+    standard deviation in HU, `std`), or the label map (`label`) and its `entropy`.
 
     Args:
         predictions: `{task: {key: [S, H, W(, 1)]}}` (the schema of `sfg_keras.inference.predict`), in the network's
@@ -77,7 +93,7 @@ def task_volumes(predictions: Mapping[str, Mapping[str, np.ndarray]], task: Task
     Example:
 
     ```python
-    task_volumes({"ct": {"mean": mean}}, ct_task, "subj_004", 80, (200, 180), mc=False)  # [('', ct_hu, float32)]
+    task_volumes({"ct": {"mean": mean}}, ct_task, "subj_004", 80, (200, 180), mc=False)  # [('mean', ct_hu, float32)]
     ```
     """
     values = predictions.get(task.name, {})
@@ -102,8 +118,8 @@ def task_volumes(predictions: Mapping[str, Mapping[str, np.ndarray]], task: Task
         return slices_back_to_volume(slices, slice_size)
 
     if task.type == "segmentation":
-        return [("", volume("label"), np.uint8), ("entropy", volume("entropy"), np.float32)]
-    outputs = [("", target_to_ct(volume("mean")), np.float32)]
+        return [("label", volume("label"), np.uint8), ("entropy", volume("entropy"), np.float32)]
+    outputs = [("mean", target_to_ct(volume("mean")), np.float32)]
     if mc:
         outputs.append(("std", volume("std") * CT_SCALE, np.float32))
     return outputs
@@ -116,7 +132,7 @@ def write_inferred_table(path: Path, entries: Sequence[Mapping[str, str]]) -> Pa
     Example:
 
     ```python
-    write_inferred_table(output_dir / "inferred.csv", [{"subject": "s1", "ct": "ct_s1.nii.gz"}])
+    write_inferred_table(output_dir / "inferred.csv", [{"subject": "s1", "ct_mean": "ct_mean_s1.nii.gz"}])
     ```
     """
     columns = list(dict.fromkeys(key for entry in entries for key in entry)) or ["subject"]

@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from sfg_keras.analysis import plots
 from sfg_keras.io import load_nifti
+from sfg_keras.predictions import output_name
 
-from .mr_ct_outputs import inferred_column
+from .mr_ct_outputs import main_column
 
 #: At most this many subjects are drawn (the rest are named in the caption of the section).
 MAX_SUBJECTS = 12
@@ -79,8 +80,8 @@ def report_figures(app) -> list[tuple[str, list[tuple[str, Figure]]]]:
         return []
     with open(inferred, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    regression = next((task.name for task in app.regression_tasks), None)
-    segmentation = next((task.name for task in app.segmentation_tasks), None)
+    regression = next(iter(app.regression_tasks), None)
+    segmentation = next(iter(app.segmentation_tasks), None)
     images = {}
     if rows and not all(row.get("image") for row in rows):
         try:
@@ -93,10 +94,10 @@ def report_figures(app) -> list[tuple[str, list[tuple[str, Figure]]]]:
         subject = row["subject"]
         files = {
             "MR": row.get("image") or images.get(subject),
-            "synthetic CT": row.get(regression) if regression else None,
-            "labels": row.get(segmentation) if segmentation else None,
-            "CT std": row.get(inferred_column(regression, "std")) if regression else None,
-            "label entropy": row.get(inferred_column(segmentation, "entropy")) if segmentation else None,
+            "synthetic CT": row.get(main_column(regression, row)) if regression else None,
+            "labels": row.get(main_column(segmentation, row)) if segmentation else None,
+            "CT std": row.get(output_name(regression.name, "std")) if regression else None,
+            "label entropy": row.get(output_name(segmentation.name, "entropy")) if segmentation else None,
         }
         # inferred.csv names its files relative to its own folder (absolute paths, e.g. the MR input, stay as they are)
         files = {name: inferred.parent / path for name, path in files.items() if path}

@@ -121,7 +121,7 @@ def test_train_infer_evaluate_analyse_export(cohort, trained_run):
             image = nib.load(model_dir / "output" / path)  # relative to inferred.csv's folder
             assert image.shape == mr.shape, (key, image.shape, mr.shape)
             np.testing.assert_allclose(image.affine, mr.affine, atol=1e-5)
-        labels = np.asarray(nib.load(model_dir / "output" / row["organs"]).dataobj)
+        labels = np.asarray(nib.load(model_dir / "output" / row["organs_label"]).dataobj)
         assert set(np.unique(labels)) <= set(range(5))
 
     rows = list(csv.DictReader(open(model_dir / "evaluation" / "mr_ct_metrics.csv")))

@@ -410,7 +410,8 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
     (item,) = app.inference_inputs()
     subject, output = item.key, tmp_path / "output"
     written = app.write_outputs(item, _predictions(cohort, subject, std_hu=25.0 if mode == "mc" else 0.0))
-    keys = ("ct", "ct_std", "organs", "organs_entropy") if mode == "mc" else ("ct", "organs", "organs_entropy")
+    keys = ("ct_mean", "ct_std", "organs_label", "organs_entropy") if mode == "mc" else (
+        "ct_mean", "organs_label", "organs_entropy")
     names = {key: output / f"{key}_{subject}_niftynet_out.nii.gz" for key in keys}
     assert sorted(written) == sorted(names.values())
     table = app.finish_inference(written)
@@ -424,9 +425,9 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
         np.testing.assert_allclose(image.affine, mr.affine, atol=1e-5)
         np.testing.assert_allclose(image.header.get_zooms(), mr.header.get_zooms())
         volumes[key] = np.asarray(image.dataobj)
-    assert volumes["ct"].dtype == np.float32 and volumes["organs"].dtype == np.uint8
-    np.testing.assert_allclose(volumes["ct"], _volume(cohort, "CT", subject), atol=0.05)
-    np.testing.assert_array_equal(volumes["organs"], _volume(cohort, "LABEL", subject))
+    assert volumes["ct_mean"].dtype == np.float32 and volumes["organs_label"].dtype == np.uint8
+    np.testing.assert_allclose(volumes["ct_mean"], _volume(cohort, "CT", subject), atol=0.05)
+    np.testing.assert_array_equal(volumes["organs_label"], _volume(cohort, "LABEL", subject))
     np.testing.assert_allclose(volumes["organs_entropy"], _volume(cohort, "LABEL", subject) / 10.0, rtol=1e-6)
     if mode == "mc":
         np.testing.assert_allclose(volumes["ct_std"], 25.0, rtol=1e-5)
@@ -438,6 +439,29 @@ def test_write_outputs_writes_the_niftis_with_the_mr_geometry(prepared, tmp_path
     assert rows == [{"subject": subject, "image": mr_file, **{key: path.name for key, path in names.items()},
                      "phase": "Inference", "trained_on": "no",
                      "input_sha256": _digest(cohort / "MR" / f"{subject}_mr.nii.gz")}]
+
+
+def test_inferred_tables_of_both_namings_are_read(prepared, tmp_path):
+    """`inferred.csv` names a task's main volume `<task>_mean` / `<task>_label`, as the exported signatures do; a
+    table written before that naming (`<task>` columns) is read the same way."""
+    from sfg_keras.predictions import output_names
+    from sfg_keras_applications.mr_ct_evaluation import read_inferred
+    from sfg_keras_applications.mr_ct_outputs import main_column
+
+    app = _inference_app(prepared, tmp_path)
+    assert [main_column(task) for task in app.tasks] == ["ct_mean", "organs_label"]
+    assert {"ct_mean", "ct_std", "organs_label", "organs_entropy"} <= set(
+        output_names((task.name, task.type != "regression") for task in app.tasks))
+    for columns in (("ct_mean", "organs_label"), ("ct", "organs")):
+        table = tmp_path / "_".join(columns) / "inferred.csv"
+        table.parent.mkdir()
+        table.write_text(f"subject,{columns[0]},{columns[1]}\ns1,c.nii.gz,o.nii.gz\n")
+        (row,) = read_inferred(table, app.tasks, "demo.ini")
+        assert row["ct"] == str(table.parent.absolute() / "c.nii.gz")
+        assert row["organs"] == str(table.parent.absolute() / "o.nii.gz")
+    table.write_text("subject,ct_mean\ns1,c.nii.gz\n")
+    with pytest.raises(ValueError, match=r"line 2: subject 's1' has no \['organs_label'\] column value"):
+        read_inferred(table, app.tasks, "demo.ini")
 
 
 def test_write_outputs_names_a_missing_prediction(prepared, tmp_path, cohort):
@@ -599,7 +623,7 @@ def test_cli_inference_and_evaluation_write_volumes_and_metrics(cli_run, cohort)
     model_dir = cli_run["model_dir"]
     (subject,) = _phase(model_dir, "Inference")
     output = model_dir / "output"
-    names = [f"{key}_{subject}_niftynet_out.nii.gz" for key in ("ct", "ct_std", "organs", "organs_entropy")]
+    names = [f"{key}_{subject}_niftynet_out.nii.gz" for key in ("ct_mean", "ct_std", "organs_label", "organs_entropy")]
     assert sorted(p.name for p in output.iterdir()) == sorted([*names, "inferred.csv", "inference_record.json"])
     ct = np.asarray(nib.load(output / names[0]).dataobj)
     assert ct.shape == SHAPE and np.all(np.isfinite(ct)) and -4000 < ct.min() and ct.max() < 4000
@@ -619,5 +643,5 @@ def test_cli_map_inference_of_all_subjects_writes_no_ct_std(cli_run, tmp_path):
              "--dataset_to_infer=all", f"--save_seg_dir={out}")
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 5 * 3 + 2 and not any("ct_std" in name for name in names)  # + inferred.csv, its record
-    labels = np.asarray(nib.load(out / "organs_subj_004_niftynet_out.nii.gz").dataobj)
+    labels = np.asarray(nib.load(out / "organs_label_subj_004_niftynet_out.nii.gz").dataobj)
     assert labels.shape == SHAPE and labels.max() <= 4

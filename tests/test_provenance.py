@@ -335,8 +335,8 @@ def test_a_copied_model_dir_evaluates_its_own_predictions(results, cohort):
     _ok(results["copied_model_dir_reads_its_own_predictions"])
     copied = results["_root"] / "copied"
     (row,) = _inferred(copied)
-    assert row["ct"] == f"ct_{INFERENCE[0]}_niftynet_out.nii.gz"  # relative to the table's folder
-    prediction = np.asarray(nib.load(copied / "output" / row["ct"]).dataobj, np.float64)
+    assert row["ct_mean"] == f"ct_mean_{INFERENCE[0]}_niftynet_out.nii.gz"  # relative to the table's folder
+    prediction = np.asarray(nib.load(copied / "output" / row["ct_mean"]).dataobj, np.float64)
     reference = np.asarray(nib.load(_file(cohort, "CT", INFERENCE[0])).dataobj, np.float64)
     with open(copied / "evaluation" / "mr_ct_metrics.csv", newline="") as handle:
         (metrics,) = list(csv.DictReader(handle))

@@ -183,16 +183,16 @@ def test_mr_ct_saved_model_takes_raw_mr_and_reproduces_inference(cohort, trained
     for mode, signature in (("map", "full/0/map/0"), ("expected", "full/0/expected/0"),
                             ("map", "compact/0/serving_default/0")):
         row = inferred[mode][subject]
-        ct = load_nifti(row["ct"]).data
+        ct = load_nifti(row["ct_mean"]).data  # the column and the signature output have one name
         assert ct.min() >= low and ct.max() <= high and np.mean(ct == low) > 0.01, (mode, ct.min(), ct.max())
         np.testing.assert_allclose(_volume(served[f"{signature}/ct_mean"]), ct, atol=0.05)  # HU, bounded alike
-        labels = load_nifti(row["organs"]).data
+        labels = load_nifti(row["organs_label"]).data
         assert np.mean(_volume(served[f"{signature}/organs_label"]) == labels) > 0.999, signature
         entropy = load_nifti(row["organs_entropy"]).data
         np.testing.assert_allclose(_volume(served[f"{signature}/organs_entropy"]), entropy, atol=1e-4)
     # Monte-Carlo: another stream, agreeing within the Monte-Carlo error of num_samples = 3.
     row = inferred["mc"][subject]
-    ct, ct_std = load_nifti(row["ct"]).data, load_nifti(row["ct_std"]).data
+    ct, ct_std = load_nifti(row["ct_mean"]).data, load_nifti(row["ct_std"]).data
     served_ct = _volume(served["full/0/serving_default/0/ct_mean"])  # HU
     served_std = _volume(served["full/0/serving_default/0/ct_std"])
     assert low <= ct.min() and ct.max() <= high and low <= served_ct.min() and served_ct.max() <= high
