@@ -165,7 +165,7 @@ def _jobs(root: Path, config: Path, data: dict[str, Path]) -> Batch:
 
     # Item 2: relocation. The source's predictions change after the copy; the copy reads its own.
     copied = jobs.copy(model, "copied")
-    jobs.op("zero_nifti", model / "output" / f"ct_{INFERENCE[0]}_niftynet_out.nii.gz")
+    jobs.op("zero_nifti", model / "output" / f"ct_mean_{INFERENCE[0]}_niftynet_out.nii.gz")
     jobs.run("copied_model_dir_reads_its_own_predictions", "evaluation", copied)
     jobs.op("copytree", model, root / "to_move")
     moved = root / "elsewhere" / "moved"
