@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sfg_keras.config import ConfigError, KeySpec, load_settings
-from sfg_keras.engine.application import BaseApplication
+from sfg_keras.engine.application import REQUIRED_HOOKS, BaseApplication, IncompleteApplicationError
+from sfg_keras.engine.factory import load_application
 
 CONFIG = """
 [IMAGES]
@@ -53,15 +54,38 @@ def settings_of(tmp_path, sections=None):
     return load_settings(config, [], action="train", extra_sections=sections)
 
 
-@pytest.mark.parametrize("hook", ["input_shape", "training_dataset", "inference_inputs", "write_outputs", "evaluate"])
-def test_a_subclass_missing_a_required_hook_cannot_be_instantiated_and_the_error_names_it(tmp_path, hook):
-    missing = type(f"Without_{hook}", (BaseApplication,), {
-        name: getattr(Complete, name) for name in
-        ("input_shape", "training_dataset", "inference_inputs", "write_outputs", "evaluate") if name != hook
-    })
-    assert missing.__abstractmethods__ == frozenset({hook})
-    with pytest.raises(TypeError, match=rf"Can't instantiate abstract class Without_{hook}.*{hook}"):
-        missing(settings_of(tmp_path))
+@pytest.mark.parametrize("hook", REQUIRED_HOOKS)
+def test_a_subclass_missing_a_required_hook_fails_at_class_creation_naming_it(hook):
+    methods = {name: getattr(Complete, name) for name in REQUIRED_HOOKS if name != hook}
+    with pytest.raises(IncompleteApplicationError, match=rf"Without_{hook} does not implement the application "
+                                                         rf"hook\(s\) {hook} "):
+        type(f"Without_{hook}", (BaseApplication,), methods)
+
+
+def test_an_abstract_base_may_leave_hooks_to_its_subclasses(tmp_path):
+    class Base(BaseApplication, abstract=True):
+        def input_shape(self):
+            return (4, 4, 1)
+
+    assert Base.__abstractmethods__ == frozenset(set(REQUIRED_HOOKS) - {"input_shape"})
+    with pytest.raises(TypeError, match="Can't instantiate abstract class Base"):
+        Base(settings_of(tmp_path))
+    with pytest.raises(IncompleteApplicationError, match="Leaf does not implement the application hook"):
+        type("Leaf", (Base,), {})
+
+
+def test_the_engine_names_an_incomplete_application_module(tmp_path, monkeypatch):
+    (tmp_path / "incomplete_app.py").write_text(
+        "from sfg_keras.engine.application import BaseApplication\n\n"
+        "class Partial(BaseApplication):\n"
+        "    def input_shape(self):\n"
+        "        return (4, 4, 1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"Application 'incomplete_app.Partial': .*Partial does not implement the "
+                                         r"application hook\(s\) training_dataset, inference_inputs, write_outputs, "
+                                         r"evaluate"):
+        load_application("incomplete_app.Partial")
 
 
 def test_optional_hooks_keep_their_defaults(tmp_path):

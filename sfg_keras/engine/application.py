@@ -93,6 +93,15 @@ class InferenceInput:
     context: object = None
 
 
+REQUIRED_HOOKS = ("input_shape", "training_dataset", "inference_inputs", "write_outputs", "evaluate")
+"""The hooks every application implements (the others have defaults)."""
+
+
+class IncompleteApplicationError(TypeError):
+    """An application class that does not implement every required hook (`REQUIRED_HOOKS`), raised when the class
+    is created."""
+
+
 class BaseApplication(abc.ABC):
     """Base class of the sfg_run applications: the data and output hooks the engine calls.
 
@@ -100,10 +109,11 @@ class BaseApplication(abc.ABC):
         settings: the resolved `Settings` of the run.
 
     Subclasses set `name` and `APP_SECTIONS` (a mapping `{SECTION: [KeySpec, ...]}` of the sections they read), and
-    `APP_SECTION` (the section `app_settings` returns); they must implement the abstract hooks (`input_shape`,
-    `training_dataset`, `inference_inputs`, `write_outputs`, `evaluate`: a subclass missing one cannot be
-    instantiated, and Python's `TypeError` names it) and may override the others; see the module docstring for the
-    order the engine calls them in.
+    `APP_SECTION` (the section `app_settings` returns); they must implement the abstract hooks (`REQUIRED_HOOKS`:
+    `input_shape`, `training_dataset`, `inference_inputs`, `write_outputs`, `evaluate`) and may override the others;
+    see the module docstring for the order the engine calls them in. A subclass that misses a required hook fails
+    when the class is created, with an `IncompleteApplicationError` naming the hooks; an intermediate base class
+    that leaves hooks to its own subclasses says so: `class MyBase(BaseApplication, abstract=True)`.
     """
 
     #: Application sections this application reads: `{SECTION: [KeySpec, ...]}`.
@@ -112,6 +122,17 @@ class BaseApplication(abc.ABC):
     APP_SECTION: str | None = None
     #: Name used in messages.
     name = "application"
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [hook for hook in REQUIRED_HOOKS if getattr(getattr(cls, hook), "__isabstractmethod__", False)]
+        if missing and not abstract:
+            raise IncompleteApplicationError(
+                f"{cls.__module__}.{cls.__qualname__} does not implement the application hook(s) "
+                f"{', '.join(missing)} (required of every sfg_keras.engine.BaseApplication; declare "
+                f"`class {cls.__name__}(BaseApplication, abstract=True)` for a base class that leaves them to its "
+                "subclasses)."
+            )
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -23,6 +23,8 @@ _FOLDER_PREFIX = "applications."
 
 
 def _import_module(module_name: str, name: str):
+    from sfg_keras.engine.application import IncompleteApplicationError
+
     candidates = [module_name]
     if module_name == "applications" or module_name.startswith(_FOLDER_PREFIX):
         candidates.insert(0, "sfg_keras_applications" + module_name[len("applications"):])
@@ -36,6 +38,8 @@ def _import_module(module_name: str, name: str):
             error = missing
         except ImportError as failed:
             raise ValueError(f"Application {name!r}: cannot import {candidate!r} ({failed}).") from failed
+        except IncompleteApplicationError as incomplete:
+            raise ValueError(f"Application {name!r}: {incomplete}") from incomplete
     raise ValueError(f"Application {name!r}: cannot import {module_name!r} ({error}).") from error
 
 
