@@ -1,7 +1,7 @@
 """The private Keras and TensorFlow API sfg-keras needs, named in one place.
 
 ADAPTER MODULE. Everything else in sfg-keras uses public Keras / TensorFlow API only (`tests/test_architecture.py`
-walks the source and fails on a private name used elsewhere). The functions below wrap the six private APIs that
+walks the source and fails on a private name used elsewhere). The functions below wrap the five private APIs that
 have no public equivalent in Keras 3.15 / TensorFlow 2.21; `tests/test_keras_adapter.py` checks each one against the
 installed versions, so a Keras or TensorFlow upgrade that changes one fails that test by name instead of breaking
 training silently. (`sfg_keras.engine.keras_compat` holds the two multi-worker patches, with their own test.)
