@@ -39,11 +39,14 @@ Usage (the full study; `--quick` is one seed at 1,000 steps on two pairs, under 
 python benchmarks/paper_claims.py --steps 2000 --seeds 0 1 2 --json paper_claims.json
 python benchmarks/paper_claims.py --quick
 python benchmarks/paper_claims.py --pairs multimnist --parts a b --groupings learned hard_sharing --search 0.1
+python benchmarks/paper_claims.py --steps 1000 --seeds 3 4 --pairs multimnist --parts a b \
+    --groupings learned hard_sharing --costs-from claims_1000.json
 ```
 
 `--search FRACTION` changes the length of `learned`'s search (the recipe's commit point, entropy hold and decay and
 sampling warm-up, scaled together); `--groupings` runs part (a) for some networks only (`learned` and
-`hard_sharing` always).
+`hard_sharing` always); `--costs-from` reuses an earlier run's step costs (more seeds at its equal-wall-clock
+budgets; timing on shared cores is not reliable).
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                         help="the networks of part (a) (default all; learned and hard_sharing are always run)")
     parser.add_argument("--quick", action="store_true", help="one seed, 1,000 steps, digits and multimnist")
     parser.add_argument("--json", default="", help="also write every measurement to this JSON file")
+    parser.add_argument("--costs-from", default="", metavar="JSON",
+                        help="reuse the step costs of an earlier run's --json (same --steps, --recipe and --search) "
+                             "instead of timing them: more seeds at the same equal-wall-clock budgets, or costs "
+                             "timed on an idle machine for a study that shares its cores")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.pairs = 1000, [0], ["digits", "multimnist"]
@@ -234,8 +241,20 @@ def run_cost(costs: dict[str, float], args) -> float:
     return commit * costs["learned, search"] + (args.steps - commit) * costs["learned, committed"]
 
 
+def earlier_costs(path: str, args) -> dict[str, float]:
+    """The step costs (relative to hard sharing) that an earlier run with the same settings wrote to its JSON."""
+    earlier = json.loads(open(path, encoding="utf-8").read())
+    settings = earlier["arguments"]
+    for key in ("steps", "recipe", "search", "batch"):
+        if settings.get(key) != getattr(args, key):
+            raise SystemExit(f"--costs-from {path}: it was run with {key}={settings.get(key)!r}, this run has "
+                             f"{key}={getattr(args, key)!r}; the budgets would not be comparable.")
+    return dict(earlier["step_cost_ratio_to_hard_sharing"])
+
+
 def part_a(args, record: dict) -> list[str]:
-    costs = step_costs(args)
+    costs = earlier_costs(args.costs_from, args) if args.costs_from else step_costs(args)
+    record["costs_from"] = args.costs_from or "timed in this run"
     learned_run = run_cost(costs, args)
     hs = costs["hard_sharing"]
     record["step_cost_ratio_to_hard_sharing"] = {k: v / hs for k, v in costs.items()}
