@@ -103,8 +103,8 @@ def test_the_rule_catches_what_it_forbids(tmp_path):
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr":
             kinds.add("getattr")
     assert kinds == {"import", "module", "attribute", "getattr"}
-    assert "_flatten_layers" not in _own_private_names(_trees())
-    assert "_loss_tracker" not in _own_private_names(_trees())
+    own = _own_private_names(_trees())
+    assert "_flatten_layers" not in own and "_loss_tracker" not in own
 
 
 def test_application_modules_are_at_most_500_lines():
